@@ -1,0 +1,225 @@
+"""One typed, immutable settings object and the rules that make it safe.
+
+Sources, lowest first: defaults, TOML file, env `FAILOVER_*`, CLI flags (see `sources.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failover.errors import ConfigError
+
+BACKENDS = ("local", "postgres", "zookeeper")
+LOG_FORMATS = ("auto", "json", "console")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def default_local_dir() -> str:
+    state = os.environ.get("XDG_STATE_HOME")
+    if state:
+        return str(Path(state) / "failover")
+    if os.geteuid() == 0:
+        return "/var/lib/failover"
+    return str(Path.home() / ".local" / "state" / "failover")
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    dsn: str | None = field(
+        default=None, metadata=_doc("lock connection DSN (default: metadata_dsn)")
+    )
+    allow_pooler: bool = field(
+        default=False, metadata=_doc("allow a DSN that looks like a pooler (port 6432, pgbouncer)")
+    )
+    notify: bool = field(default=True, metadata=_doc("LISTEN/NOTIFY so standbys wake at once"))
+
+
+@dataclass(frozen=True)
+class ZooKeeperSettings:
+    hosts: str | None = field(default=None, metadata=_doc("host:port,...[/chroot]"))
+    session_timeout_seconds: float | None = field(
+        default=None, metadata=_doc("ZooKeeper session timeout (default: lease_seconds)")
+    )
+    auth_file: str | None = field(
+        default=None, metadata=_doc("file holding digest credentials user:password")
+    )
+    use_ssl: bool = field(default=False, metadata=_doc("connect with TLS"))
+    ca_file: str | None = field(default=None, metadata=_doc("CA bundle for TLS"))
+    cert_file: str | None = field(default=None, metadata=_doc("client certificate for TLS"))
+    key_file: str | None = field(default=None, metadata=_doc("client key for TLS"))
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    dir: str = field(
+        default_factory=default_local_dir,
+        metadata=_doc("lock files + SQLite ($XDG_STATE_HOME/failover or /var/lib/failover)"),
+    )
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: str = field(default="127.0.0.1:8787", metadata=_doc("host:port; empty disables"))
+    token_file: str | None = field(default=None, metadata=_doc("bearer token for POST endpoints"))
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = field(default="auto", metadata=_doc("auto (console on a TTY), json or console"))
+    level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: str = field(default="airflow", metadata=_doc("election namespace"))
+    node: str = field(default_factory=socket.gethostname, metadata=_doc("this candidate's name"))
+    backend: str = field(default="local", metadata=_doc("local, postgres or zookeeper"))
+    command: tuple[str, ...] = field(
+        default=("airflow", "scheduler"), metadata=_doc("the supervised child")
+    )
+    metadata_dsn: str | None = field(
+        default=None, metadata=_doc("metadata DB (default: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
+    )
+    table_prefix: str = field(default="failover_", metadata=_doc("prefix of the controller tables"))
+    lease_seconds: float = field(default=10.0, metadata=_doc("leadership survives this long"))
+    loop_seconds: float = field(default=1.0, metadata=_doc("tick period"))
+    backend_timeout_seconds: float = field(default=2.0, metadata=_doc("one backend call's limit"))
+    self_fence_margin_seconds: float = field(
+        default=1.0, metadata=_doc("child is dead this long before the lease could expire")
+    )
+    stop_timeout_seconds: float = field(default=30.0, metadata=_doc("SIGTERM -> SIGKILL grace"))
+    max_fast_failures: int = field(
+        default=3, metadata=_doc("give up leadership after this many fast child failures")
+    )
+    fast_failure_seconds: float = field(
+        default=30.0, metadata=_doc("a child exit sooner than this after start is a fast failure")
+    )
+    backoff_initial_seconds: float = field(default=1.0, metadata=_doc("first crash backoff"))
+    backoff_max_seconds: float = field(default=30.0, metadata=_doc("crash backoff cap"))
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": "1"})
+
+    @property
+    def lock_dsn(self) -> str | None:
+        return self.postgres.dsn or self.metadata_dsn
+
+    @property
+    def self_fence_seconds(self) -> float:
+        """How long after a proven renew the child may still run."""
+        return self.lease_seconds - self.self_fence_margin_seconds
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "postgres": PostgresSettings,
+    "zookeeper": ZooKeeperSettings,
+    "local": LocalSettings,
+    "http": HttpSettings,
+    "log": LogSettings,
+}
+
+
+def validate(settings: Settings) -> Settings:
+    """Refuse unsafe or meaningless settings; return them unchanged when sound."""
+    s = settings
+    for name in ("cluster", "node"):
+        value = getattr(s, name)
+        if not NAME_RE.match(value):
+            raise ConfigError(
+                name,
+                f"{value!r} is not a valid name",
+                "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+    if s.backend not in BACKENDS:
+        raise ConfigError("backend", f"unknown backend {s.backend!r}", f"use one of {BACKENDS}")
+    if not s.command or not s.command[0]:
+        raise ConfigError("command", "is empty", 'give the child, e.g. ["airflow", "scheduler"]')
+    if not PREFIX_RE.match(s.table_prefix):
+        raise ConfigError(
+            "table_prefix", f"{s.table_prefix!r} is not a safe SQL prefix", "use [a-z_]"
+        )
+    _validate_timings(s)
+    if s.max_fast_failures < 1:
+        raise ConfigError("max_fast_failures", "must be at least 1", "set it to 3")
+    if s.backoff_initial_seconds <= 0 or s.backoff_max_seconds < s.backoff_initial_seconds:
+        raise ConfigError(
+            "backoff_max_seconds",
+            "backoff must be positive and the cap not below the first step",
+            "e.g. backoff_initial_seconds = 1, backoff_max_seconds = 30",
+        )
+    if s.backend == "postgres" and not s.lock_dsn:
+        raise ConfigError(
+            "postgres.dsn",
+            "the postgres backend needs a database",
+            "set [postgres] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        )
+    if s.backend == "zookeeper" and not s.zookeeper.hosts:
+        raise ConfigError(
+            "zookeeper.hosts",
+            "the zookeeper backend needs servers",
+            'set hosts = "zk1:2181,zk2:2181"',
+        )
+    if s.log.format not in LOG_FORMATS:
+        raise ConfigError(
+            "log.format", f"unknown format {s.log.format!r}", f"use one of {LOG_FORMATS}"
+        )
+    if s.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(
+            "log.level", f"unknown level {s.log.level!r}", "use debug/info/warning/error"
+        )
+    return s
+
+
+def _validate_timings(s: Settings) -> None:
+    for name in (
+        "lease_seconds",
+        "loop_seconds",
+        "backend_timeout_seconds",
+        "self_fence_margin_seconds",
+        "stop_timeout_seconds",
+        "fast_failure_seconds",
+    ):
+        if getattr(s, name) <= 0:
+            raise ConfigError(name, "must be greater than 0", "give a positive number of seconds")
+    if s.lease_seconds > 300:
+        raise ConfigError(
+            "lease_seconds", "is above 300 s", "a leader must be replaceable: use <= 300"
+        )
+    renew_window = s.loop_seconds + 2 * s.backend_timeout_seconds
+    if renew_window >= s.lease_seconds:
+        raise ConfigError(
+            "lease_seconds",
+            f"{s.lease_seconds:g} s leaves no time to renew: loop_seconds + 2 x "
+            f"backend_timeout_seconds = {renew_window:g} s",
+            "raise lease_seconds or lower loop_seconds / backend_timeout_seconds",
+        )
+    if s.self_fence_margin_seconds < 0.2:
+        raise ConfigError(
+            "self_fence_margin_seconds",
+            "is below 0.2 s",
+            "killing a process tree needs time: use >= 0.2",
+        )
+    if s.self_fence_seconds <= s.loop_seconds + s.backend_timeout_seconds:
+        raise ConfigError(
+            "self_fence_margin_seconds",
+            f"the child would be killed {s.self_fence_seconds:g} s after a renew, before the next "
+            f"renew can finish ({s.loop_seconds + s.backend_timeout_seconds:g} s)",
+            "lower self_fence_margin_seconds or raise lease_seconds",
+        )

@@ -1,0 +1,361 @@
+"""The loop tick: decide from backend, child, clock and flags; end in one sentence.
+
+No sleeps, no threads, no drivers: everything it touches is passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from failover import __version__
+from failover.child import Child, ChildState, child_env
+from failover.election.base import ClusterFlags, ElectionBackend, MemberState, MemberStore
+from failover.errors import BackendUnavailable, ChildError
+
+FAST_TICK = 0.02
+
+
+class Role(enum.Enum):
+    STANDBY = "standby"
+    FENCING = "fencing"  # won leadership; making older epochs harmless before the start
+    LEADER = "leader"
+    DEMOTING = "demoting"  # stopping the child; leadership is released once it is gone
+    STOPPED = "stopped"  # shut down
+
+
+@dataclass(frozen=True)
+class Timings:
+    lease: float
+    loop: float
+    self_fence: float  # child may run this long after the start of a proven renew
+    stop_timeout: float
+
+    @property
+    def demote_lead(self) -> float:
+        """Start a graceful stop this long before the self-fence deadline."""
+        return min(self.stop_timeout, self.lease / 2)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    sentence: str
+    role: Role
+    epoch: int
+    leader: str | None
+    wait: float
+    paused: bool
+    backend_up: bool
+    transition: str | None = None  # reason of a leadership change made by this tick
+
+
+class Controller:
+    """Pure decisions over injected parts; `tick()` is the whole loop body."""
+
+    def __init__(
+        self,
+        cluster: str,
+        node: str,
+        backend: ElectionBackend,
+        store: MemberStore,
+        child: Child,
+        clock: Callable[[], float],
+        timings: Timings,
+        base_env: Mapping[str, str],
+    ) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.backend = backend
+        self.store = store
+        self.child = child
+        self.clock = clock
+        self.t = timings
+        self.base_env = dict(base_env)
+        self.role = Role.STANDBY
+        self.epoch = 0
+        self.leader: str | None = None
+        self.self_fence_deadline = 0.0
+        self.fence_deadline: float | None = None
+        self.fenced = 0
+        self.cooldown_until = 0.0
+        self.demote_reason = ""
+        self.shutting_down = False
+        self.flags = ClusterFlags()
+        self.backend_up = True
+        self.backend_error = ""
+        self.last_heartbeat: float | None = None
+        self.last_sentence = ""
+        self.last_role_written: Role | None = None
+
+    # -- the tick ---------------------------------------------------------------------------
+    def tick(self) -> TickResult:
+        now = self.clock()
+        self.child.poll(now)
+        self._read_flags()
+        before = self.role
+        if self.role in (Role.LEADER, Role.FENCING, Role.DEMOTING):
+            sentence, transition = self._lead(now)
+        else:
+            sentence, transition = self._stand(now)
+        if self.role is Role.STANDBY and self.shutting_down and self.child.gone:
+            self.role = Role.STOPPED
+            sentence = f"{sentence}; shut down"
+        fast = self.role in (Role.FENCING, Role.DEMOTING) or self.role is not before
+        result = TickResult(
+            sentence=sentence,
+            role=self.role,
+            epoch=self.epoch,
+            leader=self.leader,
+            wait=FAST_TICK if fast else self.t.loop,
+            paused=self.flags.paused,
+            backend_up=self.backend_up,
+            transition=transition,
+        )
+        self._heartbeat(now, sentence)
+        self.last_sentence = sentence
+        return result
+
+    def request_shutdown(self) -> None:
+        """Stop the child, then release; `tick()` ends in Role.STOPPED when done."""
+        self.shutting_down = True
+        if self.role in (Role.LEADER, Role.FENCING):
+            self._demote("shutdown")
+
+    @property
+    def finished(self) -> bool:
+        return self.role is Role.STOPPED
+
+    # -- leader side ------------------------------------------------------------------------
+    def _lead(self, now: float) -> tuple[str, str | None]:
+        held = self._renew(now)
+        if held is False:
+            self.child.stop(hard=True)
+            self.role = Role.DEMOTING
+            self.demote_reason = "leadership lost"
+            return (
+                f"lost leadership of epoch {self.epoch} (another node holds it); "
+                "killing the child at once",
+                "lost",
+            )
+        if held is None and self.role is not Role.DEMOTING:
+            return self._lead_unreachable(now)
+        if self.role is Role.FENCING:
+            return self._fence(now)
+        if self.role is Role.DEMOTING:
+            return self._finish_demote(now)
+        return self._lead_steady(now)
+
+    def _renew(self, now: float) -> bool | None:
+        try:
+            held = self.backend.renew()
+        except BackendUnavailable as err:
+            self.backend_up = False
+            self.backend_error = str(err)
+            return None
+        self.backend_up = True
+        if held:
+            self.self_fence_deadline = now + self.t.self_fence
+            self.child.extend(self.self_fence_deadline)
+        return held
+
+    def _lead_unreachable(self, now: float) -> tuple[str, str | None]:
+        left = self.self_fence_deadline - now
+        if now >= self.self_fence_deadline - self.t.demote_lead:
+            self._demote("backend unreachable")
+            return (
+                f"cannot renew leadership ({self.backend_error}); self-fence deadline in "
+                f"{left:.1f} s: stopping the child",
+                "backend_unreachable",
+            )
+        return (
+            f"cannot renew leadership ({self.backend_error}); the child may run {left:.1f} s more",
+            None,
+        )
+
+    def _fence(self, now: float) -> tuple[str, str | None]:
+        force = self.fence_deadline is not None and now >= self.fence_deadline
+        try:
+            report = self.backend.fence(self.epoch, force)
+            if report.pending == 0 and not self.backend.renew():
+                raise BackendUnavailable("leadership not confirmed after fencing")
+        except BackendUnavailable as err:
+            self._demote("fencing failed")
+            return (
+                f"fencing for epoch {self.epoch} failed ({err}); giving leadership up",
+                "fence_failed",
+            )
+        self.fenced += report.terminated
+        if report.pending:
+            if self.fence_deadline is None:
+                self.fence_deadline = now + report.wait_seconds
+            return (
+                f"leader with epoch {self.epoch}, waiting up to "
+                f"{max(0.0, self.fence_deadline - now):.1f} s for older epochs to vanish "
+                f"({report.detail})",
+                None,
+            )
+        self.fence_deadline = None
+        return self._start_child(now, f"fenced older epochs ({report.detail}), ")
+
+    def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
+        env = child_env(self.base_env, self.cluster, self.node, self.epoch)
+        try:
+            self.child.start(
+                now, self.epoch, self.self_fence_deadline, env, self.backend.keeper_args(self.epoch)
+            )
+        except ChildError as err:
+            self._demote("child start failed")
+            return f"cannot start the child ({err}); giving leadership up", "child_start_failed"
+        transition = "elected" if self.role is Role.FENCING else None
+        self.role = Role.LEADER
+        return f"{prefix}leader with epoch {self.epoch}: starting the child", transition
+
+    def _lead_steady(self, now: float) -> tuple[str, str | None]:
+        child = self.child
+        if self.flags.paused:
+            return f"paused: leader with epoch {self.epoch}, child {child.state.value}", None
+        if self.shutting_down:
+            return self._demote_now("shutdown")
+        switch = self._switchover_wanted()
+        if switch:
+            return switch
+        if child.state is ChildState.FAILED:
+            return self._demote_now("child crash loop")
+        if child.state is ChildState.BACKOFF and not child.may_start(now):
+            wait = child.backoff_until - now
+            return f"leader with epoch {self.epoch}: child crashed, restart in {wait:.1f} s", None
+        if child.may_start(now):
+            return self._start_child(now, f"child {child.last_event or 'not running'}; ")
+        return f"no action: I am the leader with epoch {self.epoch}", None
+
+    def _switchover_wanted(self) -> tuple[str, str | None] | None:
+        target = self.flags.switchover_to
+        if target is None or self.flags.switchover_from not in (None, self.node):
+            return None
+        if target == self.node:
+            self.store.clear_switchover()
+            return None
+        candidates = self._healthy_standbys()
+        if (target and target not in candidates) or not candidates:
+            self.store.clear_switchover()
+            wanted = target or "any standby"
+            return f"switchover to {wanted} refused: no such healthy standby; staying leader", None
+        return self._demote_now("switchover")
+
+    def _healthy_standbys(self) -> list[str]:
+        fresh = 3 * self.t.loop + 1
+        return [
+            m.node
+            for m in self.store.members()
+            if m.node != self.node and m.role == Role.STANDBY.value and m.heartbeat_age < fresh
+        ]
+
+    def _demote(self, reason: str) -> None:
+        self.role = Role.DEMOTING
+        self.demote_reason = reason
+        self.child.stop()
+
+    def _demote_now(self, reason: str) -> tuple[str, str | None]:
+        self._demote(reason)
+        return f"stepping down from epoch {self.epoch} ({reason}): stopping the child", reason
+
+    def _finish_demote(self, now: float) -> tuple[str, str | None]:
+        if not self.child.gone:
+            self.child.stop()
+            return f"stepping down from epoch {self.epoch}: waiting for the child to exit", None
+        reason = self.demote_reason
+        try:
+            self.backend.release()
+            self.store.end_term(self.epoch, reason)
+        except BackendUnavailable as err:
+            note = f" (release not confirmed: {err}; the lease expires by itself)"
+        else:
+            note = ""
+        self.role = Role.STANDBY
+        self.leader = None
+        if reason in ("switchover", "child crash loop"):
+            self.cooldown_until = now + 2 * self.t.lease
+        return f"released leadership of epoch {self.epoch} after the child exited{note}", None
+
+    # -- standby side -----------------------------------------------------------------------
+    def _stand(self, now: float) -> tuple[str, str | None]:
+        if not self.child.gone:
+            self.child.stop(hard=True)
+            return "standby with a child still alive: killing it", None
+        if self.shutting_down:
+            return "standby: nothing to stop", None
+        if self.child.state is ChildState.FAILED and now >= self.cooldown_until:
+            self.child.reset_failures()
+        if self.flags.paused:
+            return f"paused: no elections; leader is {self.leader or 'nobody'}", None
+        if now < self.cooldown_until:
+            return (
+                f"standby cooling down for {self.cooldown_until - now:.1f} s after stepping "
+                f"down ({self.demote_reason})",
+                None,
+            )
+        if self._yield_to_switchover_target():
+            return (
+                f"standby: switchover to {self.flags.switchover_to} pending, not campaigning",
+                None,
+            )
+        return self._campaign(now)
+
+    def _yield_to_switchover_target(self) -> bool:
+        target = self.flags.switchover_to
+        age = self.flags.switchover_age or 0.0
+        return bool(target) and target != self.node and age < 2 * self.t.lease
+
+    def _campaign(self, now: float) -> tuple[str, str | None]:
+        try:
+            won = self.backend.try_acquire()
+            if not won:
+                info = self.backend.leader()
+                self.backend_up = True
+                self.leader, self.epoch = info.node, info.epoch
+                return f"no action: following leader {info.node} (epoch {info.epoch})", None
+            self.epoch = self.backend.bump_epoch()
+        except BackendUnavailable as err:
+            self.backend_up = False
+            return f"standby: backend unavailable ({err})", None
+        self.backend_up = True
+        self.role = Role.FENCING
+        self.leader = self.node
+        self.self_fence_deadline = now + self.t.self_fence
+        self.fence_deadline = None
+        if self.flags.switchover_to is not None:
+            self.store.clear_switchover()
+        try:
+            self.store.begin_term(self.epoch, self.node, "elected")
+        except BackendUnavailable:
+            pass  # history is best effort; leadership is not
+        sentence, transition = self._fence(now)
+        return f"acquired leadership, epoch {self.epoch}; {sentence}", transition or "elected"
+
+    # -- records ----------------------------------------------------------------------------
+    def _read_flags(self) -> None:
+        try:
+            self.flags = self.store.flags()
+        except BackendUnavailable:
+            pass  # keep the last known flags
+
+    def _heartbeat(self, now: float, sentence: str) -> None:
+        due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop
+        if not due and self.role is self.last_role_written:
+            return
+        state = MemberState(
+            node=self.node,
+            role=self.role.value,
+            epoch=self.epoch,
+            child_state=self.child.state.value,
+            child_pid=self.child.pid,
+            version=__version__,
+            sentence=sentence,
+        )
+        try:
+            self.store.heartbeat(state)
+        except BackendUnavailable:
+            return
+        self.last_heartbeat = now
+        self.last_role_written = self.role

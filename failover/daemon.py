@@ -1,0 +1,217 @@
+"""The daemon: loop timing, signals, config reload and the shutdown order.
+
+SIGTERM/SIGINT: stop the child, then release leadership, exit 0. SIGHUP: reload or refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from failover import log
+from failover.child import Child, ChildPolicy
+from failover.config import Settings
+from failover.controller import Controller, Role, TickResult, Timings
+from failover.election import open_backend
+from failover.errors import FailoverError
+from failover.launcher import KeeperLauncher
+
+REPEAT_SENTENCE_SECONDS = 60.0
+
+
+def boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def timings(settings: Settings) -> Timings:
+    return Timings(
+        lease=settings.lease_seconds,
+        loop=settings.loop_seconds,
+        self_fence=settings.self_fence_seconds,
+        stop_timeout=settings.stop_timeout_seconds,
+    )
+
+
+def child_policy(settings: Settings) -> ChildPolicy:
+    return ChildPolicy(
+        stop_timeout=settings.stop_timeout_seconds,
+        max_fast_failures=settings.max_fast_failures,
+        fast_failure_seconds=settings.fast_failure_seconds,
+        backoff_initial=settings.backoff_initial_seconds,
+        backoff_max=settings.backoff_max_seconds,
+    )
+
+
+# Settings a running daemon cannot take over without a restart.
+RESTART_ONLY = (
+    "cluster",
+    "node",
+    "backend",
+    "metadata_dsn",
+    "table_prefix",
+    "postgres",
+    "zookeeper",
+    "local",
+    "http",
+)
+
+
+class Daemon:
+    """Runs `Controller.tick()` until shut down; wakes early on anything that matters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        reload: Callable[[], Settings] | None = None,
+        on_tick: Callable[[TickResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reload_settings = reload
+        self.on_tick = on_tick
+        self.backend, self.store = open_backend(settings)
+        self.child = Child(KeeperLauncher(), settings.command, child_policy(settings))
+        self.controller = Controller(
+            cluster=settings.cluster,
+            node=settings.node,
+            backend=self.backend,
+            store=self.store,
+            child=self.child,
+            clock=boottime,
+            timings=timings(settings),
+            base_env=os.environ,
+        )
+        self.log = log.get()
+        self.signals: list[int] = []
+        self.last_logged = ("", 0.0)
+        self.last_tick_at = 0.0
+
+    def run(self) -> int:
+        rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_fd = signal.set_wakeup_fd(wr)
+        handlers = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        self.log.info("daemon_started", pid=os.getpid(), backend=self.backend.name)
+        try:
+            while True:
+                self._handle_signals()
+                result = self.controller.tick()
+                self.last_tick_at = boottime()
+                self._publish(result)
+                if self.controller.finished:
+                    return 0
+                self._wait(result.wait, rd)
+        finally:
+            self._close()
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            os.close(rd)
+            os.close(wr)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif self.controller.shutting_down:
+                self.log.warning("second_stop_signal", action="killing the child now")
+                self.child.stop(hard=True)
+            else:
+                self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                self.controller.request_shutdown()
+
+    def _reload(self) -> None:
+        if self.reload_settings is None:
+            self.log.warning("reload_refused", reason="no configuration source to reload")
+            return
+        try:
+            new = self.reload_settings()
+        except FailoverError as err:
+            self.log.error("reload_refused", reason=str(err), keeping="the running configuration")
+            return
+        changed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(self.settings, k)]
+        if changed:
+            self.log.error(
+                "reload_refused",
+                reason=f"{', '.join(changed)} changed: restart the daemon to apply",
+                keeping="the running configuration",
+            )
+            return
+        self.settings = new
+        self.controller.t = timings(new)
+        self.child.command = tuple(new.command)
+        self.child.policy = child_policy(new)
+        log.configure(new.log.format, new.log.level)
+        self.log.info("config_reloaded", lease_seconds=new.lease_seconds, command=list(new.command))
+
+    def _publish(self, result: TickResult) -> None:
+        log.bind(epoch=result.epoch, role=result.role.value)
+        now = boottime()
+        sentence, at = self.last_logged
+        if result.sentence != sentence or now - at >= REPEAT_SENTENCE_SECONDS or result.transition:
+            self.log.info("tick", sentence=result.sentence, transition=result.transition)
+            self.last_logged = (result.sentence, now)
+        if self.on_tick is not None:
+            self.on_tick(result)
+
+    def _wait(self, seconds: float, signal_fd: int) -> None:
+        end = boottime() + seconds
+        poll = self.backend.poll_interval()
+        while not self.signals:
+            remaining = end - boottime()
+            if remaining <= 0:
+                return
+            fds = [signal_fd]
+            if self.child.link is not None:
+                fds.append(self.child.link.fileno())
+            watch = self.backend.watch_fd()
+            if watch is not None:
+                fds.append(watch)
+            timeout = min(remaining, poll) if poll else remaining
+            readable, _, _ = select.select(fds, [], [], timeout)
+            if signal_fd in readable:
+                _drain(signal_fd)
+            if self.child.link is not None and self.child.link.fileno() in readable:
+                return
+            if (watch in readable or poll) and self.backend.changed():
+                return
+
+    def _close(self) -> None:
+        if not self.child.gone:
+            # Only reached on an unexpected error: never leave a child behind.
+            self.child.stop(hard=True)
+            for _ in range(500):
+                self.child.poll(boottime())
+                if self.child.gone:
+                    break
+                time.sleep(0.01)
+        if self.controller.role in (Role.LEADER, Role.FENCING, Role.DEMOTING) and self.child.gone:
+            try:
+                self.backend.release()
+            except FailoverError:
+                pass
+        self.store.close()
+        self.backend.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None, **kw: Any) -> int:
+    log.bind(node=settings.node, cluster=settings.cluster, epoch=0, role="standby")
+    return Daemon(settings, reload, **kw).run()

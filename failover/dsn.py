@@ -1,0 +1,100 @@
+"""PostgreSQL connection strings: normalize SQLAlchemy URLs, redact secrets, spot poolers.
+
+Pure string work: no driver import, so config and CLI stay fast and safe.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+POOLER_PORTS = (6432,)
+_KV_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_KV_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+@dataclass(frozen=True)
+class DsnInfo:
+    """The parts of a DSN that matter for safety checks (never the password)."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    params: dict[str, str]
+
+
+def normalize_sqlalchemy_url(url: str) -> str | None:
+    """Return a libpq DSN for a PostgreSQL URL or key=value DSN, None if not PostgreSQL.
+
+    `postgresql+psycopg2://...` (Airflow's form) becomes `postgresql://...`.
+    """
+    text = url.strip()
+    if "://" not in text:
+        return text if _KV_PAIR.search(text) else None
+    scheme, _, rest = text.partition("://")
+    base = scheme.split("+", 1)[0].lower()
+    if base not in POSTGRES_SCHEMES:
+        return None
+    return f"postgresql://{rest}"
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by `***` (URI, key=value and query forms)."""
+    text = dsn.strip()
+    if "://" not in text:
+        return _KV_SECRET.sub(r"\1***", text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparseable DSN>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def parse_dsn(dsn: str) -> DsnInfo:
+    """Host, port, database, user and other parameters of a libpq DSN (URI or key=value)."""
+    text = dsn.strip()
+    params: dict[str, str] = {}
+    if "://" in text:
+        parts = urlsplit(text)
+        params = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        host = unquote(parts.hostname or "") or params.get("host", "")
+        user = unquote(parts.username or "") or params.get("user", "")
+        dbname = unquote(parts.path.lstrip("/")) or params.get("dbname", "")
+        port_value = port or int(params.get("port", "5432") or 5432)
+    else:
+        for key, value in _KV_PAIR.findall(text):
+            params[key.lower()] = value.strip("'")
+        host = params.get("host", "")
+        user = params.get("user", "")
+        dbname = params.get("dbname", "")
+        port_value = int(params.get("port", "5432") or 5432)
+    params.pop("password", None)
+    return DsnInfo(
+        host=host or "localhost", port=port_value, dbname=dbname, user=user, params=params
+    )
+
+
+def looks_like_pooler(info: DsnInfo) -> bool:
+    """True for PgBouncer's default port or a host that names a pooler."""
+    host = info.host.lower()
+    return info.port in POOLER_PORTS or "pgbouncer" in host or "pooler" in host or "proxy-" in host
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith(("127.", "/")) or host in ("localhost", "::1", "")

@@ -1,0 +1,277 @@
+"""The keeper: leads the child's session and kills the whole tree once nobody vouches for it.
+
+Run as `python -m failover.keeper --control-fd N -- CMD...`. Standard library only.
+
+Protocol on the control stream (one line each, ASCII):
+  daemon -> keeper  `RUN-UNTIL <t>`  may run until CLOCK_BOOTTIME t (hard kill at t)
+                    `STOP`           graceful stop: SIGTERM main pid, then the rest, SIGKILL later
+                    `KILL`           SIGKILL the whole tree now
+  keeper -> daemon  `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`, `ERROR <text>`
+End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from failover import proctree
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+EXIT_LOCK_BUSY = 3
+EXIT_START_FAILED = 4
+
+
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, and counts time spent suspended."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _child_preexec() -> None:
+    # The child dies with the keeper even if the keeper is SIGKILLed.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+class LockFileProof:
+    """Proof of life on one host: an exclusive flock held for as long as the keeper lives."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, wait: float) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        end = boottime() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if boottime() >= end:
+                    os.close(fd)
+                    return False
+                time.sleep(0.01)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def fileno(self) -> int | None:
+        return None
+
+    def broken(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Keeper:
+    """One child's lifetime: start it, watch the stream and the deadline, kill the tree."""
+
+    def __init__(
+        self,
+        control: socket.socket,
+        command: Sequence[str],
+        run_until: float,
+        stop_timeout: float,
+        proof: LockFileProof | None,
+    ) -> None:
+        self.control = control
+        self.command = list(command)
+        self.run_until = run_until
+        self.stop_timeout = stop_timeout
+        self.proof = proof
+        self.child: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self.buffer = b""
+        self.stop_started: float | None = None
+        self.rest_termed = False
+        self.reason = ""
+
+    def send(self, line: str) -> None:
+        try:
+            self.control.sendall(line.encode() + b"\n")
+        except OSError:
+            pass  # the daemon is gone: EOF handling kills the tree
+
+    def start(self) -> bool:
+        try:
+            self.child = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_child_preexec,  # noqa: PLW1509 - the keeper has no threads
+            )
+        except OSError as err:
+            self.send(f"ERROR cannot start {self.command[0]!r}: {err.strerror}")
+            return False
+        self.send(f"STARTED {self.child.pid}")
+        return True
+
+    def hard_kill(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        if self.child is not None and self.exit_code is None:
+            proctree.signal_all([self.child.pid], signal.SIGKILL)
+        proctree.kill_tree(os.getpid(), [os.getpid()])
+        self._reap()
+
+    def begin_stop(self, reason: str) -> None:
+        if self.stop_started is not None:
+            return
+        self.reason = self.reason or reason
+        self.stop_started = boottime()
+        if self.child is not None and self.exit_code is None:
+            proctree.signal_all([self.child.pid], signal.SIGTERM)
+
+    def _reap(self) -> None:
+        for pid, status in proctree.reap():
+            if self.child is not None and pid == self.child.pid and self.exit_code is None:
+                self.exit_code = os.waitstatus_to_exitcode(status)
+                self.child.returncode = self.exit_code
+                self.send(f"EXITED {self.exit_code}")
+                self.begin_stop("child exited")
+
+    def _handle_line(self, line: str) -> None:
+        word, _, arg = line.strip().partition(" ")
+        if word == "RUN-UNTIL":
+            try:
+                self.run_until = float(arg)
+            except ValueError:
+                self.send(f"ERROR bad RUN-UNTIL {arg!r}")
+        elif word == "STOP":
+            self.begin_stop("stop requested")
+        elif word == "KILL":
+            self.hard_kill("kill requested")
+        elif word:
+            self.send(f"ERROR unknown command {word!r}")
+
+    def _read_control(self) -> bool:
+        """Handle what the daemon sent; False on end of stream."""
+        try:
+            data = self.control.recv(4096)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self.buffer += data
+        while b"\n" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\n", 1)
+            self._handle_line(raw.decode("ascii", "replace"))
+        return True
+
+    def _escalate(self, now: float) -> None:
+        if self.stop_started is None:
+            return
+        elapsed = now - self.stop_started
+        main_done = self.exit_code is not None
+        if not self.rest_termed and (main_done or elapsed >= self.stop_timeout / 2):
+            self.rest_termed = True
+            proctree.signal_all(proctree.tree_members(os.getpid(), [os.getpid()]), signal.SIGTERM)
+        limit = min(self.stop_timeout, 5.0) if self.reason == "child exited" else self.stop_timeout
+        if elapsed >= limit:
+            self.hard_kill("stop timeout")
+
+    def _done(self) -> bool:
+        main_done = self.child is None or self.exit_code is not None
+        return main_done and not proctree.tree_members(os.getpid(), [os.getpid()])
+
+    def run(self, wake_fd: int) -> None:
+        """Loop until the child and every process of its tree are gone."""
+        self.control.setblocking(False)
+        while True:
+            now = boottime()
+            if now >= self.run_until:
+                self.hard_kill("run-until deadline passed")
+            self._escalate(now)
+            self._reap()
+            if self._done():
+                return
+            fds = [self.control.fileno(), wake_fd]
+            proof_fd = self.proof.fileno() if self.proof else None
+            if proof_fd is not None:
+                fds.append(proof_fd)
+            timeout = max(0.0, min(self.run_until - now, 0.1 if self.stop_started else 1.0))
+            readable, _, _ = select.select(fds, [], [], timeout)
+            if wake_fd in readable:
+                os.read(wake_fd, 512)
+            if self.control.fileno() in readable and not self._read_control():
+                self.hard_kill("daemon gone (control stream closed)")
+            if self.proof is not None and self.proof.broken():
+                self.hard_kill("proof-of-life session lost")
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m failover.keeper",
+        description="Run CMD in this session; kill its whole tree when the daemon stops vouching.",
+    )
+    p.add_argument("--control-fd", type=int, required=True, help="connected stream socket fd")
+    p.add_argument("--run-until", type=float, required=True, help="CLOCK_BOOTTIME hard deadline")
+    p.add_argument("--stop-timeout", type=float, default=30.0, help="SIGTERM -> SIGKILL grace")
+    p.add_argument("--lock-file", help="hold this flock as proof of life (local backend)")
+    p.add_argument("--lock-wait", type=float, default=5.0, help="how long to wait for the lock")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    args = p.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        p.error("give the command after --")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+    control = socket.socket(fileno=args.control_fd)
+    rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wr)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proof = LockFileProof(args.lock_file) if args.lock_file else None
+    keeper = Keeper(control, args.command, args.run_until, args.stop_timeout, proof)
+    signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
+    if proof is not None:
+        if not proof.acquire(args.lock_wait):
+            keeper.send(f"ERROR proof-of-life lock {args.lock_file} is held by an older keeper")
+            keeper.send("GONE lock busy")
+            return EXIT_LOCK_BUSY
+        keeper.send("LOCKED")
+    if boottime() >= args.run_until:
+        keeper.send("GONE run-until deadline passed before start")
+        return EXIT_START_FAILED
+    if not keeper.start():
+        keeper.send("GONE start failed")
+        return EXIT_START_FAILED
+    keeper.run(rd)
+    keeper.send(f"GONE {keeper.reason or 'child exited'}")
+    if proof is not None:
+        proof.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

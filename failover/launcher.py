@@ -1,0 +1,111 @@
+"""The OS side of `child.Child`: spawn `python -m failover.keeper` on a socket pair.
+
+The keeper leads a new session; the daemon keeps the other end of the socket.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+from failover import proctree
+from failover.errors import ChildError
+
+
+class SocketKeeperLink:
+    """A keeper process and our end of its control stream."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.sock = sock
+        self.buffer = b""
+        self.eof = False
+
+    def send(self, line: str) -> None:
+        try:
+            self.sock.sendall(line.encode() + b"\n")
+        except OSError:
+            pass  # the keeper is gone; read_lines reports EOF
+
+    def read_lines(self) -> list[str]:
+        lines: list[str] = []
+        while not self.eof:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                break
+            self.buffer += data
+        while b"\n" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\n", 1)
+            lines.append(raw.decode("utf-8", "replace").strip())
+        if self.eof and not any(line.startswith("GONE") for line in lines):
+            lines.append("EOF")
+        return lines
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def cleanup(self) -> None:
+        """Wait for the keeper; if it died abnormally, kill what is left of its session."""
+        try:
+            self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5.0)
+        # The keeper leads its session: its sid is its pid. Anything left there is ours.
+        proctree.kill_tree(self.pid, [self.pid], reap_children=False)
+        self.sock.close()
+
+
+class KeeperLauncher:
+    """Launch keepers with this interpreter; their output goes where ours goes."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+
+    def launch(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        run_until: float,
+        stop_timeout: float,
+        keeper_args: Sequence[str],
+    ) -> SocketKeeperLink:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [
+            self.python,
+            "-m",
+            "failover.keeper",
+            "--control-fd",
+            str(theirs.fileno()),
+            "--run-until",
+            f"{run_until:.6f}",
+            "--stop-timeout",
+            str(stop_timeout),
+            *keeper_args,
+            "--",
+            *command,
+        ]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        except OSError as err:
+            ours.close()
+            raise ChildError(f"cannot start the keeper ({self.python}): {err.strerror}") from err
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return SocketKeeperLink(proc, ours)
