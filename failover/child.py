@@ -78,6 +78,7 @@ class Child:
         self.restarts = 0
         self.backoff_until = 0.0
         self.stop_requested = False
+        self.stop_sent = ""
         self.last_event = ""
 
     @property
@@ -111,6 +112,7 @@ class Child:
         self.exit_code = None
         self.started_at = now
         self.stop_requested = False
+        self.stop_sent = ""
         self.last_event = "keeper launched"
 
     def extend(self, run_until: float) -> None:
@@ -122,8 +124,12 @@ class Child:
         """Ask the keeper to stop the tree (SIGTERM first, or SIGKILL when `hard`)."""
         if self.link is None or self.gone:
             return
+        word = "KILL" if hard else "STOP"
+        if self.stop_requested and self.stop_sent in (word, "KILL"):
+            return  # already asked; the keeper enforces it
         self.stop_requested = True
-        self.link.send("KILL" if hard else "STOP")
+        self.stop_sent = word
+        self.link.send(word)
         self.state = ChildState.STOPPING
 
     def reset_failures(self) -> None:

@@ -129,6 +129,8 @@ class Controller:
     # -- leader side ------------------------------------------------------------------------
     def _lead(self, now: float) -> tuple[str, str | None]:
         held = self._renew(now)
+        if self.role is Role.DEMOTING:
+            return self._finish_demote(now)
         if held is False:
             self.child.stop(hard=True)
             self.role = Role.DEMOTING
@@ -138,12 +140,10 @@ class Controller:
                 "killing the child at once",
                 "lost",
             )
-        if held is None and self.role is not Role.DEMOTING:
+        if held is None:
             return self._lead_unreachable(now)
         if self.role is Role.FENCING:
             return self._fence(now)
-        if self.role is Role.DEMOTING:
-            return self._finish_demote(now)
         return self._lead_steady(now)
 
     def _renew(self, now: float) -> bool | None:

@@ -95,6 +95,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if name.startswith(ENV_IGNORED_PREFIXES):
             continue
         key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        section, _, sub = key.rpartition(".")
+        if section and section not in SECTIONS:
+            raise _unknown(name, section, list(SECTIONS))
+        known = settings_fields(SECTIONS[section] if section else Settings)
+        if sub not in known or sub in SECTIONS:
+            raise _unknown(name, sub, [k for k in known if k not in SECTIONS])
         _merge(out, _nest(key, value, env_name=name), "env")
     return out
 

@@ -1,0 +1,161 @@
+"""Settings: layering, validation errors that name the field and the fix, Airflow DSN reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from failover.dsn import looks_like_pooler, normalize_sqlalchemy_url, parse_dsn, redact_dsn
+from failover.errors import ConfigError
+from failover.sources import describe, load_settings
+
+BASE: dict[str, str] = {}
+
+
+def load(tmp_path: Path, toml: str | None = None, env: dict[str, str] | None = None, **cli: object):
+    path = None
+    if toml is not None:
+        path = tmp_path / "f.toml"
+        path.write_text(toml)
+    return load_settings(str(path) if path else None, env={**BASE, **(env or {})}, overrides=cli)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    s = load(tmp_path)
+    assert (s.cluster, s.backend, s.command) == ("airflow", "local", ("airflow", "scheduler"))
+    assert (s.lease_seconds, s.loop_seconds, s.stop_timeout_seconds) == (10.0, 1.0, 30.0)
+    assert s.http.listen == "127.0.0.1:8787"
+    assert s.metadata_dsn is None
+
+
+def test_layers_file_then_env_then_cli(tmp_path: Path) -> None:
+    toml = 'cluster = "file"\nlease_seconds = 20\n[http]\nlisten = ""\n[log]\nlevel = "debug"\n'
+    s = load(tmp_path, toml)
+    assert (s.cluster, s.lease_seconds, s.http.listen, s.log.level) == ("file", 20.0, "", "debug")
+    s = load(tmp_path, toml, env={"FAILOVER_CLUSTER": "env", "FAILOVER_LOG__LEVEL": "error"})
+    assert (s.cluster, s.log.level, s.lease_seconds) == ("env", "error", 20.0)
+    s = load(tmp_path, toml, env={"FAILOVER_CLUSTER": "env"}, cluster="cli")
+    assert s.cluster == "cli"
+
+
+def test_command_from_env_json_and_shell_forms(tmp_path: Path) -> None:
+    assert load(tmp_path, env={"FAILOVER_COMMAND": '["a", "b c"]'}).command == ("a", "b c")
+    assert load(tmp_path, env={"FAILOVER_COMMAND": "a 'b c'"}).command == ("a", "b c")
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "words"),
+    [
+        ("lease_seconds = 3\n", "lease_seconds", "leaves no time to renew"),
+        ("loop_seconds = 0\n", "loop_seconds", "greater than 0"),
+        ("stop_timeout_seconds = 0\n", "stop_timeout_seconds", "greater than 0"),
+        ("stop_timeout_seconds = -1\n", "stop_timeout_seconds", "greater than 0"),
+        ('node = "bad name!"\n', "node", "not a valid name"),
+        ('node = "a:b"\n', "node", "not a valid name"),
+        ('backend = "etcd"\n', "backend", "unknown backend"),
+        ("self_fence_margin_seconds = 7.5\n", "self_fence_margin_seconds", "before the next renew"),
+        ("self_fence_margin_seconds = 0.1\n", "self_fence_margin_seconds", "below 0.2"),
+        ("command = []\n", "command", "is empty"),
+        ('lease_seconds = "ten"\n', "lease_seconds", "expected float"),
+        ('backend = "zookeeper"\n', "zookeeper.hosts", "needs servers"),
+        ('backend = "postgres"\n', "postgres.dsn", "needs a database"),
+        ('table_prefix = "x; drop"\n', "table_prefix", "not a safe SQL prefix"),
+        ("max_fast_failures = 0\n", "max_fast_failures", "at least 1"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, toml: str, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, toml)
+    assert err.value.field == field
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_keys_suggest_the_right_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'lease_seconds'"):
+        load(tmp_path, "lease_second = 5\n")
+    with pytest.raises(ConfigError, match="did you mean 'listen'"):
+        load(tmp_path, "[http]\nlisen = 'x'\n")
+    with pytest.raises(ConfigError, match=r"FAILOVER_LOOP_SECOND.*did you mean 'loop_seconds'"):
+        load(tmp_path, env={"FAILOVER_LOOP_SECOND": "1"})
+    with pytest.raises(ConfigError, match="did you mean 'zookeeper'"):
+        load(tmp_path, env={"FAILOVER_ZOOKEPER__HOSTS": "x"})
+
+
+def test_bad_toml_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 2"):
+        load(tmp_path, 'cluster = "a"\nlease_seconds = = 3\n')
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read .*nope\.toml"):
+        load_settings(str(tmp_path / "nope.toml"), env=BASE)
+
+
+def test_config_from_env_path(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('cluster = "viaenv"\n')
+    assert load_settings(None, env={**BASE, "FAILOVER_CONFIG": str(path)}).cluster == "viaenv"
+
+
+def test_airflow_dsn_forms(tmp_path: Path) -> None:
+    url = "postgresql+psycopg2://air:s3cret@db.example:5432/airflow"
+    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
+    assert s.metadata_dsn == "postgresql://air:s3cret@db.example:5432/airflow"
+    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": f"echo {url}"})
+    assert s.metadata_dsn == "postgresql://air:s3cret@db.example:5432/airflow"
+    s = load(tmp_path, env={"AIRFLOW__CORE__SQL_ALCHEMY_CONN": url})
+    assert s.metadata_dsn is not None
+    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "mysql://u:pw@h/db"})
+    assert s.metadata_dsn is None
+    assert "not PostgreSQL" in s.warnings[0] and "pw" not in s.warnings[0]
+    # metadata_dsn given explicitly wins over Airflow's.
+    s = load(
+        tmp_path,
+        env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url, "FAILOVER_METADATA_DSN": "postgres://x/y"},
+    )
+    assert s.metadata_dsn == "postgresql://x/y"
+
+
+def test_airflow_cmd_failure_and_secret_without_airflow(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CONN_CMD: command exited with 3"):
+        load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": "exit 3"})
+    with pytest.raises(ConfigError, match="CONN_SECRET: needs Airflow"):
+        load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET": "key"})
+
+
+def test_non_postgres_metadata_dsn_refused_without_leaking(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "metadata_dsn = 'mysql://u:hunter2@h/db'\n")
+    assert err.value.field == "metadata_dsn" and "hunter2" not in str(err.value)
+
+
+def test_describe_redacts(tmp_path: Path) -> None:
+    s = load(
+        tmp_path,
+        "metadata_dsn = 'postgresql://u:hunter2@h/db'\n"
+        "[postgres]\ndsn = 'host=h password=hunter2'\n",
+    )
+    text = repr(describe(s))
+    assert "hunter2" not in text and "***" in text
+
+
+def test_dsn_helpers() -> None:
+    assert normalize_sqlalchemy_url("postgres://h/db") == "postgresql://h/db"
+    assert normalize_sqlalchemy_url("postgresql+asyncpg://h/db") == "postgresql://h/db"
+    assert normalize_sqlalchemy_url("sqlite:////x.db") is None
+    assert normalize_sqlalchemy_url("host=h dbname=d") == "host=h dbname=d"
+    assert redact_dsn("postgresql://u:p%40ss@h:1/d?password=x&sslmode=require") == (
+        "postgresql://u:***@h:1/d?password=***&sslmode=require"
+    )
+    assert redact_dsn("host=h password='a b' user=u") == "host=h password=*** user=u"
+    info = parse_dsn("postgresql://u:p@pgbouncer.internal:6432/airflow")
+    assert (info.host, info.port, info.dbname, info.user) == (
+        "pgbouncer.internal",
+        6432,
+        "airflow",
+        "u",
+    )
+    assert looks_like_pooler(info)
+    assert not looks_like_pooler(parse_dsn("host=db port=5432 dbname=a"))

@@ -1,0 +1,196 @@
+"""Decisions of the loop tick, on a fake clock, backend, store and keeper."""
+
+from __future__ import annotations
+
+from failover.child import ChildState
+from failover.controller import Role
+
+from .fakes import FakeStore, Rig, SharedLease, make_rig
+
+
+def started(rig: Rig) -> None:
+    """Drive a rig from standby to a leader with a running child."""
+    result = rig.controller.tick()
+    assert result.role is Role.LEADER, result.sentence
+    rig.launcher.last.inbox.append("STARTED 4242")
+    rig.controller.tick()
+    assert rig.child.state is ChildState.RUNNING
+
+
+def test_standby_wins_fences_and_starts_child_in_one_tick() -> None:
+    rig = make_rig()
+    result = rig.controller.tick()
+    assert result.role is Role.LEADER
+    assert result.epoch == 1
+    assert result.transition == "elected"
+    assert result.sentence.startswith("acquired leadership, epoch 1")
+    env = rig.launcher.envs[0]
+    assert env["FAILOVER_EPOCH"] == "1"
+    assert env["FAILOVER_NODE"] == "n1"
+    assert env["PGAPPNAME"] == "failover:c1:n1:1"
+    # The keeper's hard deadline is the self-fence deadline, never the whole lease.
+    assert "run_until=1009" in rig.log[0]
+
+
+def test_steady_leader_sentence_and_renew_extends_keeper_deadline() -> None:
+    rig = make_rig()
+    started(rig)
+    rig.clock.advance(1.0)
+    result = rig.controller.tick()
+    assert result.sentence == "no action: I am the leader with epoch 1"
+    assert rig.launcher.last.sent[-1] == "RUN-UNTIL 1010.000000"
+
+
+def test_standby_follows_the_leader() -> None:
+    lease = SharedLease(holder="other", epoch=7)
+    rig = make_rig(lease=lease)
+    result = rig.controller.tick()
+    assert result.role is Role.STANDBY
+    assert result.sentence == "no action: following leader other (epoch 7)"
+    assert rig.launcher.links == []
+
+
+def test_older_keeper_alive_delays_start_then_is_forced() -> None:
+    lease = SharedLease(keeper_alive=True)
+    rig = make_rig(lease=lease)
+    result = rig.controller.tick()
+    assert result.role is Role.FENCING
+    assert "waiting up to 5.0 s" in result.sentence
+    assert rig.launcher.links == []
+    rig.clock.advance(2.0)
+    assert rig.controller.tick().role is Role.FENCING
+    assert rig.backend.fence_calls == [False, False]
+    rig.clock.advance(3.0)
+    result = rig.controller.tick()
+    assert result.role is Role.LEADER
+    assert rig.backend.fence_calls[-1] is True
+    assert rig.controller.fenced == 1
+
+
+def test_unreachable_backend_keeps_child_until_demote_point_then_stops_it() -> None:
+    rig = make_rig()
+    started(rig)
+    rig.backend.down = True
+    rig.clock.advance(1.0)
+    result = rig.controller.tick()
+    assert result.role is Role.LEADER
+    assert "may run" in result.sentence
+    assert rig.launcher.last.sent[-1].startswith("RUN-UNTIL")  # no new deadline sent
+    # self-fence deadline = 1000 + 9 = 1009, demote lead = min(5, 10/2) = 5 -> stop from 1004.
+    rig.clock.now = 1004.0
+    result = rig.controller.tick()
+    assert result.role is Role.DEMOTING
+    assert rig.launcher.last.sent[-1] == "STOP"
+    # Release is never attempted before the keeper says the tree is gone.
+    assert not any(line.startswith("release") for line in rig.log)
+
+
+def test_lost_leadership_kills_child_hard_and_releases_only_after_gone() -> None:
+    lease = SharedLease()
+    rig = make_rig(lease=lease)
+    started(rig)
+    lease.holder = "usurper"
+    result = rig.controller.tick()
+    assert result.transition == "lost"
+    assert rig.launcher.last.sent[-1] == "KILL"
+    rig.controller.tick()
+    assert rig.controller.role is Role.DEMOTING
+    rig.launcher.last.inbox.append("GONE kill requested")
+    result = rig.controller.tick()
+    assert result.role is Role.STANDBY
+    assert lease.holder == "usurper"  # our release did not touch the new leader's lease
+
+
+def test_shutdown_stops_child_before_release() -> None:
+    lease = SharedLease()
+    rig = make_rig(lease=lease)
+    started(rig)
+    rig.controller.request_shutdown()
+    rig.controller.tick()
+    assert rig.launcher.last.sent[-1] == "STOP"
+    assert lease.holder == "n1"
+    assert not rig.controller.finished
+    rig.launcher.last.inbox.extend(["EXITED 0", "GONE stop requested"])
+    result = rig.controller.tick()
+    assert lease.holder is None
+    stop_at = rig.log.index("keeper 100 <- STOP")
+    cleanup_at = rig.log.index("keeper 100 cleaned up")
+    release_at = rig.log.index("release n1")
+    assert stop_at < cleanup_at < release_at
+    assert rig.controller.finished, result.sentence
+
+
+def test_crash_loop_backs_off_then_gives_leadership_up() -> None:
+    lease = SharedLease()
+    rig = make_rig(lease=lease)
+    started(rig)
+    for crash in range(2):
+        rig.launcher.last.inbox.extend(["EXITED 1", "GONE child exited"])
+        rig.clock.advance(0.5)
+        result = rig.controller.tick()
+        assert rig.child.state is ChildState.BACKOFF
+        assert "restart in" in result.sentence
+        rig.clock.advance(2.0**crash + 0.01)
+        rig.controller.tick()
+        assert rig.child.state is ChildState.STARTING
+        rig.launcher.last.inbox.append("STARTED 5000")
+    rig.launcher.last.inbox.extend(["EXITED 1", "GONE child exited"])
+    result = rig.controller.tick()
+    assert rig.child.state is ChildState.FAILED
+    assert result.role is Role.DEMOTING
+    result = rig.controller.tick()
+    assert result.role is Role.STANDBY
+    assert lease.holder is None
+    # Cooling down: does not campaign at once.
+    assert "cooling down" in rig.controller.tick().sentence
+
+
+def test_switchover_to_named_standby_demotes_and_others_yield() -> None:
+    store = FakeStore()
+    lease = SharedLease()
+    leader = make_rig("n1", lease, store)
+    other = make_rig("n2", lease, store)
+    target = make_rig("n3", lease, store)
+    started(leader)
+    other.controller.tick()
+    target.controller.tick()
+    store.request_switchover("n1", "n3")
+    result = leader.controller.tick()
+    assert result.transition == "switchover"
+    leader.launcher.last.inbox.append("GONE stop requested")
+    assert leader.controller.tick().role is Role.STANDBY
+    assert "not campaigning" in other.controller.tick().sentence
+    result = target.controller.tick()
+    assert result.role is Role.LEADER
+    assert store.cluster_flags.switchover_to is None
+
+
+def test_switchover_to_unknown_node_is_refused() -> None:
+    rig = make_rig()
+    started(rig)
+    rig.store.request_switchover("n1", "ghost")
+    result = rig.controller.tick()
+    assert "refused" in result.sentence
+    assert result.role is Role.LEADER
+
+
+def test_paused_leader_keeps_child_and_paused_standby_does_not_campaign() -> None:
+    store = FakeStore()
+    lease = SharedLease()
+    leader = make_rig("n1", lease, store)
+    standby = make_rig("n2", lease, store)
+    started(leader)
+    store.set_paused(True)
+    assert leader.controller.tick().sentence.startswith("paused: leader with epoch 1")
+    lease.holder = None  # even with the lease vacant, a paused standby stays put
+    assert standby.controller.tick().sentence.startswith("paused: no elections")
+    assert standby.controller.role is Role.STANDBY
+
+
+def test_standby_with_stray_child_kills_it() -> None:
+    rig = make_rig()
+    started(rig)
+    rig.controller.role = Role.STANDBY
+    result = rig.controller.tick()
+    assert "killing it" in result.sentence
+    assert rig.launcher.last.sent[-1] == "KILL"
