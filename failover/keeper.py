@@ -131,7 +131,8 @@ class Keeper:
         self.reason = self.reason or reason
         if self.child is not None and self.exit_code is None:
             proctree.signal_all([self.child.pid], signal.SIGKILL)
-        proctree.kill_tree(os.getpid(), [os.getpid()])
+        # Reaping stays here, so the main child's exit status is not lost.
+        proctree.kill_tree(os.getpid(), [os.getpid()], reap_children=False)
         self._reap()
 
     def begin_stop(self, reason: str) -> None:

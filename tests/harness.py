@@ -1,0 +1,229 @@
+"""Real daemons for integration tests: a cluster runner and an invariant sampler.
+
+The sampler looks at /proc every 50 ms and fails on any moment where probe processes
+of two different epochs (or nodes) are alive at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROBE = str(Path(__file__).with_name("probe.py"))
+
+
+def wait_until(test: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
+    """Poll `test` until it returns something truthy; bounded in time and count."""
+    end = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 2):
+        value = test()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            break
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def tagged_processes(tag: str) -> dict[int, dict[str, str]]:
+    """pid -> {epoch, node} of every live process whose command line carries `tag`."""
+    found: dict[int, dict[str, str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+            argv = cmdline.split(b"\0")
+            # Only the probe itself (argv[1] is probe.py), not the daemon or keeper lines.
+            if tag.encode() not in cmdline or len(argv) < 2 or not argv[1].endswith(b"probe.py"):
+                continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            if state in (b"Z", b"X"):
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except (OSError, IndexError):
+            continue
+        found[int(name)] = {
+            "epoch": env.get(b"FAILOVER_EPOCH", b"?").decode(),
+            "node": env.get(b"FAILOVER_NODE", b"?").decode(),
+        }
+    return found
+
+
+@dataclass
+class Sampler:
+    """Background thread: at most one epoch's probe tree alive at every 50 ms sample."""
+
+    tag: str
+    interval: float = 0.05
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+    epochs_seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            procs = tagged_processes(self.tag)
+            owners = {(p["node"], p["epoch"]) for p in procs.values()}
+            self.epochs_seen |= {p["epoch"] for p in procs.values()}
+            self.samples += 1
+            if len(owners) > 1:
+                self.violations.append(f"{time.monotonic():.3f}: {sorted(owners)} {procs}")
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def assert_clean(self) -> None:
+        assert self.samples > 0, "the sampler never ran"
+        assert not self.violations, "two children alive at once:\n" + "\n".join(self.violations[:5])
+
+
+def read_records(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        word, *pairs = line.split()
+        rec = dict(p.split("=", 1) for p in pairs)
+        rec["word"] = word
+        out.append(rec)
+    return out
+
+
+@dataclass
+class Cluster:
+    """N `failover run` daemons on one backend, each supervising a probe child."""
+
+    root: Path
+    nodes: tuple[str, ...] = ("n1", "n2", "n3")
+    settings: dict[str, str] = field(default_factory=dict)
+    probe_args: tuple[str, ...] = ()
+    cluster: str = "t"
+    tag: str = field(default_factory=lambda: f"probe-{uuid.uuid4().hex[:10]}")
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records.log"
+
+    def argv(self, node: str) -> list[str]:
+        argv = [sys.executable, "-m", "failover", "run", "--node", node, "--cluster", self.cluster]
+        merged = {
+            "local.dir": str(self.root / "state"),
+            "lease_seconds": "3",
+            "loop_seconds": "0.5",
+            "backend_timeout_seconds": "0.5",
+            "self_fence_margin_seconds": "0.5",
+            "stop_timeout_seconds": "5",
+            "log.format": "json",
+            "http.listen": "",
+            **self.settings,
+        }
+        for key, value in merged.items():
+            argv += ["--set", f"{key}={value}"]
+        probe = [sys.executable, PROBE, "--tag", self.tag, "--record", str(self.records)]
+        return [*argv, "--", *probe, *self.probe_args]
+
+    def start(self, node: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / f"{node}.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+        proc = subprocess.Popen(
+            self.argv(node),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        self.procs[node] = proc
+        return proc
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            self.start(node)
+
+    def sentences(self, node: str) -> list[str]:
+        path = self.root / f"{node}.log"
+        out = []
+        for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "tick":
+                out.append(event["sentence"])
+        return out
+
+    def live_children(self) -> dict[int, dict[str, str]]:
+        return tagged_processes(self.tag)
+
+    def leader_child(self, timeout: float = 20.0, exclude: Iterable[str] = ()) -> tuple[str, str]:
+        """(node, epoch) of the single live child tree once its probe is ready for signals."""
+        excluded = set(exclude)
+
+        def one() -> tuple[str, str] | None:
+            owners = {(p["node"], p["epoch"]) for p in self.live_children().values()}
+            if len(owners) != 1:
+                return None
+            owner = next(iter(owners))
+            ready = any(
+                r["word"] == "start" and (r["node"], r["epoch"]) == owner
+                for r in read_records(self.records)
+            )
+            return owner if ready and owner[0] not in excluded else None
+
+        result: tuple[str, str] = wait_until(one, timeout, "exactly one live child tree")
+        return result
+
+    def signal(self, node: str, sig: int) -> None:
+        self.procs[node].send_signal(sig)
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGCONT)
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        # Nothing of ours may outlive the test, whatever happened.
+        for pid in self.live_children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def dump_logs(self) -> str:
+        parts = []
+        for node in self.procs:
+            path = self.root / f"{node}.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            parts.append(f"--- {node} ---\n" + "\n".join(text.splitlines()[-25:]))
+        return "\n".join(parts)

@@ -1,0 +1,157 @@
+"""The keeper with real processes: EOF, deadline, stop order, escapees, the proof-of-life lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from failover.keeper import boottime
+from failover.launcher import KeeperLauncher, SocketKeeperLink
+
+from ..harness import PROBE, read_records, tagged_processes, wait_until
+
+
+def launch(
+    tmp_path: Path,
+    *probe_args: str,
+    run_for: float = 30.0,
+    stop_timeout: float = 5.0,
+    keeper_args: tuple[str, ...] = (),
+) -> tuple[SocketKeeperLink, str, Path]:
+    tag = f"probe-{uuid.uuid4().hex[:8]}"
+    records = tmp_path / "records.log"
+    command = [sys.executable, PROBE, "--tag", tag, "--record", str(records), *probe_args]
+    env = {**os.environ, "FAILOVER_EPOCH": "1", "FAILOVER_NODE": "k"}
+    link = KeeperLauncher().launch(command, env, boottime() + run_for, stop_timeout, keeper_args)
+    return link, tag, records
+
+
+def lines_until(link: SocketKeeperLink, word: str, timeout: float = 10.0) -> list[str]:
+    seen: list[str] = []
+
+    def got() -> bool:
+        seen.extend(link.read_lines())
+        return any(line.startswith(word) for line in seen)
+
+    wait_until(got, timeout, f"keeper line {word}")
+    return seen
+
+
+def started_tree(link: SocketKeeperLink, records: Path, size: int) -> None:
+    """Wait until the probe and its grandchildren have their signal handlers in place."""
+    lines_until(link, "STARTED")
+    wait_until(
+        lambda: len([r for r in read_records(records) if r["word"].endswith("start")]) == size,
+        10,
+        f"{size} probe processes ready",
+    )
+
+
+@pytest.mark.parametrize("escape", ["none", "pgid", "session"])
+def test_control_stream_eof_kills_whole_tree(tmp_path: Path, escape: str) -> None:
+    link, tag, records = launch(tmp_path, "--fork", "2", "--escape", escape)
+    started_tree(link, records, 3)
+    link.sock.close()  # what the kernel does when the daemon is SIGKILLed
+    wait_until(lambda: not tagged_processes(tag), 5, "the tree to die after EOF")
+    assert link.proc.wait(timeout=5) == 0
+
+
+def test_missed_deadline_kills_tree_without_the_daemon(tmp_path: Path) -> None:
+    link, tag, records = launch(tmp_path, "--fork", "1", "--escape", "session", run_for=1.5)
+    started_tree(link, records, 2)
+    t0 = time.monotonic()
+    lines = lines_until(link, "GONE", timeout=10)
+    assert time.monotonic() - t0 < 3.0
+    assert any("deadline" in line for line in lines), lines
+    assert not tagged_processes(tag)
+    link.cleanup()
+
+
+def test_run_until_extends_life(tmp_path: Path) -> None:
+    link, tag, records = launch(tmp_path, run_for=1.0)
+    started_tree(link, records, 1)
+    link.send(f"RUN-UNTIL {boottime() + 30:.6f}")
+    time.sleep(1.5)
+    assert tagged_processes(tag), "the child died although its deadline was extended"
+    link.send("KILL")
+    lines_until(link, "GONE")
+    assert not tagged_processes(tag)
+    link.cleanup()
+
+
+def test_stop_terms_main_pid_first_then_the_rest(tmp_path: Path) -> None:
+    link, tag, records = launch(tmp_path, "--fork", "2", "--escape", "pgid")
+    started_tree(link, records, 3)
+    link.send("STOP")
+    lines = lines_until(link, "GONE")
+    assert "EXITED 0" in lines
+    words = [r["word"] for r in read_records(records) if r["word"].endswith("term")]
+    assert words == ["term", "grandchild-term", "grandchild-term"], words
+    assert not tagged_processes(tag)
+    link.cleanup()
+
+
+def test_stop_escalates_to_sigkill_at_stop_timeout(tmp_path: Path) -> None:
+    link, _, records = launch(tmp_path, "--ignore-term", stop_timeout=1.0)
+    started_tree(link, records, 1)
+    t0 = time.monotonic()
+    link.send("STOP")
+    lines = lines_until(link, "GONE")
+    assert 0.9 < time.monotonic() - t0 < 4.0
+    assert "EXITED -9" in lines
+    link.cleanup()
+
+
+def test_child_exit_is_reported_and_leftovers_killed(tmp_path: Path) -> None:
+    link, tag, _ = launch(tmp_path, "--fork", "1", "--exit-after", "0.3", "--exit-code", "7")
+    lines = lines_until(link, "GONE")
+    assert "EXITED 7" in lines
+    assert not tagged_processes(tag)
+    link.cleanup()
+
+
+def test_busy_proof_of_life_lock_refuses_to_start(tmp_path: Path) -> None:
+    lock = tmp_path / "keeper.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        link, tag, _ = launch(
+            tmp_path, keeper_args=("--lock-file", str(lock), "--lock-wait", "0.3")
+        )
+        lines = lines_until(link, "GONE")
+        assert any("held by an older keeper" in line for line in lines)
+        assert not any(line.startswith("STARTED") for line in lines)
+        assert not tagged_processes(tag)
+        link.cleanup()
+    finally:
+        os.close(fd)
+
+
+def test_keeper_holds_lock_until_tree_gone(tmp_path: Path) -> None:
+    lock = tmp_path / "keeper.lock"
+    link, tag, _ = launch(tmp_path, "--fork", "1", keeper_args=("--lock-file", str(lock)))
+    lines_until(link, "STARTED")
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        link.send("STOP")
+        lines_until(link, "GONE")
+        link.cleanup()
+        assert not tagged_processes(tag)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
+    finally:
+        os.close(fd)
+
+
+def test_missing_command_is_reported(tmp_path: Path) -> None:
+    link = KeeperLauncher().launch(["/nonexistent/cmd"], dict(os.environ), boottime() + 30, 5, [])
+    lines = lines_until(link, "GONE")
+    assert any("cannot start '/nonexistent/cmd'" in line for line in lines)
+    link.cleanup()

@@ -1,0 +1,74 @@
+"""A probe child for tests: records start/stop, forks grandchildren that try to escape.
+
+python tests/probe.py --tag TAG --record FILE [--fork N] [--escape pgid|session]
+    [--ignore-term] [--exit-after S] [--exit-code C]
+Every process carries TAG in its command line, so a sampler can find the whole tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+
+def record(path: str, word: str) -> None:
+    line = (
+        f"{word} pid={os.getpid()} node={os.environ.get('FAILOVER_NODE', '?')} "
+        f"epoch={os.environ.get('FAILOVER_EPOCH', '?')} "
+        f"t={time.clock_gettime(time.CLOCK_BOOTTIME):.6f}\n"
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def grandchild(args: argparse.Namespace) -> None:
+    if args.escape == "pgid":
+        os.setpgid(0, 0)
+    elif args.escape == "session":
+        os.setsid()
+    signal.signal(signal.SIGTERM, lambda *_: (record(args.record, "grandchild-term"), os._exit(0)))
+    record(args.record, "grandchild-start")
+    while True:
+        time.sleep(0.2)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tag", required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--fork", type=int, default=0)
+    p.add_argument("--escape", choices=("none", "pgid", "session"), default="none")
+    p.add_argument("--ignore-term", action="store_true")
+    p.add_argument("--exit-after", type=float, default=0.0)
+    p.add_argument("--exit-code", type=int, default=1)
+    args = p.parse_args()
+    for _ in range(args.fork):
+        if os.fork() == 0:
+            try:
+                grandchild(args)
+            finally:
+                os._exit(0)
+
+    def on_term(signum: int, frame: object) -> None:
+        record(args.record, "term")
+        if not args.ignore_term:
+            sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    record(args.record, "start")  # after the handler: "start" means ready for signals
+    started = time.monotonic()
+    while True:
+        time.sleep(0.05)
+        if args.exit_after and time.monotonic() - started >= args.exit_after:
+            record(args.record, "exit")
+            return args.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
