@@ -86,7 +86,7 @@ class Controller:
         self.backend_error = ""
         self.last_heartbeat: float | None = None
         self.last_sentence = ""
-        self.last_role_written: Role | None = None
+        self.last_written: tuple[Role, ChildState] | None = None
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickResult:
@@ -342,7 +342,8 @@ class Controller:
 
     def _heartbeat(self, now: float, sentence: str) -> None:
         due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop
-        if not due and self.role is self.last_role_written:
+        shown = (self.role, self.child.state)
+        if not due and shown == self.last_written:
             return
         state = MemberState(
             node=self.node,
@@ -358,4 +359,4 @@ class Controller:
         except BackendUnavailable:
             return
         self.last_heartbeat = now
-        self.last_role_written = self.role
+        self.last_written = shown
