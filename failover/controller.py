@@ -200,6 +200,7 @@ class Controller:
 
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
         env = child_env(self.base_env, self.cluster, self.node, self.epoch)
+        env.update(self.backend.keeper_env(self.epoch))
         try:
             self.child.start(
                 now, self.epoch, self.self_fence_deadline, env, self.backend.keeper_args(self.epoch)

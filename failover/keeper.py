@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from failover import proctree
 
@@ -85,6 +86,74 @@ class LockFileProof:
             self.fd = None
 
 
+class PgSessionProof:
+    """Proof of life in postgres mode: our own DB session, named after the epoch.
+
+    A new leader waits for it to close; if it breaks, we can no longer vouch: kill the tree.
+    """
+
+    def __init__(self, dsn: str, appname: str, channel: str | None) -> None:
+        self.dsn = dsn
+        self.appname = appname
+        self.channel = channel
+        self.conn: Any = None
+        self.error = ""
+
+    def acquire(self, wait: float) -> bool:
+        import psycopg2
+
+        end = boottime() + wait
+        while True:
+            try:
+                self.conn = psycopg2.connect(
+                    self.dsn,
+                    application_name=self.appname,
+                    connect_timeout=2,
+                    keepalives=1,
+                    keepalives_idle=2,
+                    keepalives_interval=1,
+                    keepalives_count=3,
+                )
+                self.conn.autocommit = True
+                return True
+            except psycopg2.Error as err:
+                self.error = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                if boottime() >= end:
+                    return False
+                time.sleep(0.2)
+
+    def fileno(self) -> int | None:
+        return int(self.conn.fileno()) if self.conn is not None else None
+
+    def broken(self) -> bool:
+        if self.conn is None or self.conn.closed:
+            return True
+        readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+        if not readable:
+            return False
+        try:
+            self.conn.poll()
+            self.conn.notifies.clear()
+        except Exception:
+            return True
+        return bool(self.conn.closed)
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            if self.channel and not self.conn.closed:
+                with self.conn.cursor() as cur:
+                    cur.execute("SELECT pg_notify(%s, %s)", (self.channel, f"gone {self.appname}"))
+        except Exception:  # noqa: S110 - closing anyway
+            pass
+        self.conn.close()
+        self.conn = None
+
+
+Proof = LockFileProof | PgSessionProof
+
+
 class Keeper:
     """One child's lifetime: start it, watch the stream and the deadline, kill the tree."""
 
@@ -94,7 +163,7 @@ class Keeper:
         command: Sequence[str],
         run_until: float,
         stop_timeout: float,
-        proof: LockFileProof | None,
+        proof: Proof | None,
     ) -> None:
         self.control = control
         self.command = list(command)
@@ -232,6 +301,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--stop-timeout", type=float, default=30.0, help="SIGTERM -> SIGKILL grace")
     p.add_argument("--lock-file", help="hold this flock as proof of life (local backend)")
     p.add_argument("--lock-wait", type=float, default=5.0, help="how long to wait for the lock")
+    p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
+    p.add_argument("--pg-appname", help="application_name of the proof-of-life session")
+    p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = p.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -239,6 +311,16 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     if not args.command:
         p.error("give the command after --")
     return args
+
+
+def _proof(args: argparse.Namespace) -> Proof | None:
+    if args.pg_dsn_env:
+        # The DSN (with its password) reaches us by env, never argv, and not the child.
+        dsn = os.environ.pop(args.pg_dsn_env, "")
+        return PgSessionProof(dsn, args.pg_appname or "failover:keeper", args.pg_channel)
+    if args.lock_file:
+        return LockFileProof(args.lock_file)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,13 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    proof = LockFileProof(args.lock_file) if args.lock_file else None
+    proof = _proof(args)
     keeper = Keeper(control, args.command, args.run_until, args.stop_timeout, proof)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None:
         if not proof.acquire(args.lock_wait):
-            keeper.send(f"ERROR proof-of-life lock {args.lock_file} is held by an older keeper")
-            keeper.send("GONE lock busy")
+            if isinstance(proof, PgSessionProof):
+                keeper.send(f"ERROR cannot open the proof-of-life session: {proof.error}")
+            else:
+                keeper.send(f"ERROR proof-of-life lock {args.lock_file} is held by an older keeper")
+            keeper.send("GONE no proof of life")
             return EXIT_LOCK_BUSY
         keeper.send("LOCKED")
     if boottime() >= args.run_until:

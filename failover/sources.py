@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from failover.config import SECTIONS, Settings, validate
-from failover.dsn import normalize_sqlalchemy_url, redact_dsn
+from failover.dsn import (
+    is_loopback,
+    looks_like_pooler,
+    normalize_sqlalchemy_url,
+    parse_dsn,
+    redact_dsn,
+)
 from failover.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -69,7 +75,31 @@ def load_settings(
             settings.postgres, dsn=_postgres_only("postgres.dsn", settings.postgres.dsn)
         )
         settings = settings.replace(postgres=pg)
+    _check_postgres(settings, warnings)
     return validate(settings.replace(warnings=tuple(warnings)))
+
+
+def _check_postgres(settings: Settings, warnings: list[str]) -> None:
+    """Refuse a pooler for the lock; warn about plain-text connections to remote hosts."""
+    dsns = {"metadata_dsn": settings.metadata_dsn, "postgres.dsn": settings.lock_dsn}
+    if settings.backend == "postgres" and settings.lock_dsn:
+        info = parse_dsn(settings.lock_dsn)
+        if looks_like_pooler(info) and not settings.postgres.allow_pooler:
+            raise ConfigError(
+                "postgres.dsn",
+                f"{info.host}:{info.port} looks like a connection pooler; session advisory "
+                "locks need a direct connection",
+                "point it at the database itself, or set [postgres] allow_pooler = true",
+            )
+    for label, dsn in dsns.items():
+        if not dsn:
+            continue
+        info = parse_dsn(dsn)
+        if info.params.get("sslmode") == "disable" and not is_loopback(info.host):
+            warnings.append(
+                f"{label}: sslmode=disable to remote host {info.host}: credentials and data "
+                "travel in clear text (use sslmode=verify-full)"
+            )
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -227,3 +227,60 @@ class Cluster:
             text = path.read_text(errors="replace") if path.exists() else ""
             parts.append(f"--- {node} ---\n" + "\n".join(text.splitlines()[-25:]))
         return "\n".join(parts)
+
+
+@dataclass
+class DbSampler:
+    """Background thread: at most one epoch's child DB sessions at every 50 ms sample."""
+
+    dsn: str
+    cluster: str
+    interval: float = 0.05
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psycopg2
+
+        conn = None
+        while not self._stop.wait(self.interval):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg2.connect(self.dsn, connect_timeout=2)
+                    conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                        (f"failover:{self.cluster}:%",),
+                    )
+                    names = [r[0] for r in cur.fetchall()]
+            except psycopg2.Error:
+                conn = None
+                continue  # the server may be restarting on purpose
+            # Child sessions are failover:<cluster>:<node>:<epoch>, the epoch a number.
+            epochs = {
+                n.split(":")[3] for n in names if n.count(":") == 3 and n.split(":")[3].isdigit()
+            }
+            self.samples += 1
+            if len(epochs) > 1:
+                self.violations.append(f"{time.monotonic():.3f}: child sessions {sorted(names)}")
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> DbSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def assert_clean(self) -> None:
+        assert self.samples > 0, "the DB sampler never ran"
+        assert not self.violations, "sessions of two epochs at once:\n" + "\n".join(
+            self.violations[:5]
+        )

@@ -47,7 +47,14 @@ def main() -> int:
     p.add_argument("--ignore-term", action="store_true")
     p.add_argument("--exit-after", type=float, default=0.0)
     p.add_argument("--exit-code", type=int, default=1)
+    p.add_argument("--pg-dsn", help="hold a DB session (named by PGAPPNAME) like Airflow would")
     args = p.parse_args()
+    conn = None
+    if args.pg_dsn:
+        import psycopg2
+
+        conn = psycopg2.connect(args.pg_dsn)  # application_name from PGAPPNAME
+        conn.autocommit = True
     for _ in range(args.fork):
         if os.fork() == 0:
             try:
@@ -65,6 +72,8 @@ def main() -> int:
     started = time.monotonic()
     while True:
         time.sleep(0.05)
+        if conn is not None and conn.closed:
+            return 3
         if args.exit_after and time.monotonic() - started >= args.exit_after:
             record(args.record, "exit")
             return args.exit_code

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from failover import log
 from failover.config import Settings
 from failover.election.base import ElectionBackend, MemberStore
+
+
+def _warn(text: str) -> None:
+    log.get().warning("backend_warning", warning=text)
 
 
 def open_backend(settings: Settings) -> tuple[ElectionBackend, MemberStore]:
@@ -13,6 +18,21 @@ def open_backend(settings: Settings) -> tuple[ElectionBackend, MemberStore]:
 
         store = LocalStore(settings.local.dir, settings.cluster, settings.backend_timeout_seconds)
         return LocalElection(store, settings.node, settings.lease_seconds), LocalMembers(store)
+    if settings.backend == "postgres":
+        from failover.election.postgres import PostgresElection
+
+        assert settings.lock_dsn is not None  # validated
+        election = PostgresElection(
+            settings.lock_dsn,
+            settings.cluster,
+            settings.node,
+            settings.lease_seconds,
+            settings.backend_timeout_seconds,
+            settings.table_prefix,
+            settings.postgres.notify,
+            _warn,
+        )
+        return election, open_store(settings)
     raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")
 
 
@@ -23,5 +43,18 @@ def open_store(settings: Settings) -> MemberStore:
 
         return LocalMembers(
             LocalStore(settings.local.dir, settings.cluster, settings.backend_timeout_seconds)
+        )
+    dsn = settings.metadata_dsn or settings.lock_dsn
+    if dsn:
+        from failover.members import PostgresMembers
+
+        return PostgresMembers(
+            dsn,
+            settings.cluster,
+            settings.node,
+            settings.table_prefix,
+            settings.lease_seconds,
+            settings.backend_timeout_seconds,
+            _warn,
         )
     raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")

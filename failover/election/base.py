@@ -96,6 +96,10 @@ class ElectionBackend(abc.ABC):
         """Arguments that give the keeper its proof of life for this backend."""
         return []
 
+    def keeper_env(self, epoch: int) -> dict[str, str]:
+        """Secrets the keeper needs (passed by env, never argv); removed before the child."""
+        return {}
+
     def watch_fd(self) -> int | None:
         """A descriptor that turns readable when leadership may have changed."""
         return None

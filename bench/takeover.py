@@ -1,0 +1,160 @@
+"""Takeover latency per backend and scenario; prints a Markdown table and writes it to
+bench/results/takeover.md.
+
+    python bench/takeover.py [--runs 20] [--backends local,postgres] [--scenarios ...]
+
+Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
+  graceful  SIGTERM the leader daemon; gap = new child's start - old child's SIGTERM
+  kill9     SIGKILL the leader daemon; time from the kill to the new child's start
+  sigstop   SIGSTOP the leader daemon; time from the stop to the new child's start
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import Cluster, read_records, wait_until  # noqa: E402
+
+LEASE = 5.0
+SETTINGS = {
+    "lease_seconds": str(LEASE),
+    "loop_seconds": "1",
+    "backend_timeout_seconds": "1",
+    "self_fence_margin_seconds": "1",
+    "stop_timeout_seconds": "10",
+}
+TARGETS = {
+    "graceful": "<= 0.2 s gap",
+    "kill9": "<= 1 s (postgres), <= session timeout + 0.5 s (zookeeper)",
+    "sigstop": f"<= lease + 1 s = {LEASE + 1:g} s",
+}
+
+
+def boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def new_start_after(cluster: Cluster, t: float, exclude: str) -> dict[str, str]:
+    def find() -> dict[str, str] | None:
+        for r in read_records(cluster.records):
+            if r["word"] == "start" and float(r["t"]) > t and r["node"] != exclude:
+                return r
+        return None
+
+    found: dict[str, str] = wait_until(find, 30, "a new child start")
+    return found
+
+
+def one_run(cluster: Cluster, scenario: str) -> float:
+    leader, epoch = cluster.leader_child(timeout=30)
+    t0 = boottime()
+    if scenario == "graceful":
+        cluster.signal(leader, signal.SIGTERM)
+    elif scenario == "kill9":
+        cluster.signal(leader, signal.SIGKILL)
+    else:
+        cluster.signal(leader, signal.SIGSTOP)
+    new = new_start_after(cluster, t0, leader)
+    if scenario == "graceful":
+        terms = [
+            float(r["t"])
+            for r in read_records(cluster.records)
+            if r["word"] == "term" and r["node"] == leader and r["epoch"] == epoch
+        ]
+        t0 = terms[0]
+    took = float(new["t"]) - t0
+    if scenario == "sigstop":
+        cluster.signal(leader, signal.SIGCONT)
+        cluster.signal(leader, signal.SIGTERM)
+    cluster.procs[leader].wait(timeout=30)
+    cluster.start(leader)
+    return took
+
+
+def bench(
+    backend: str, scenario: str, runs: int, make_dsn: Callable[[], str] | None
+) -> list[float]:
+    settings = dict(SETTINGS, backend=backend)
+    probe: tuple[str, ...] = ()
+    if backend == "postgres":
+        assert make_dsn is not None
+        dsn = make_dsn()
+        settings["postgres.dsn"] = dsn
+        probe = ("--pg-dsn", dsn)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        cluster = Cluster(Path(tmp), settings=settings, probe_args=probe)
+        try:
+            cluster.start_all()
+            results = []
+            for _ in range(runs):
+                results.append(one_run(cluster, scenario))
+                time.sleep(0.3)
+            return results
+        finally:
+            cluster.stop_all()
+
+
+def row(backend: str, scenario: str, values: list[float]) -> str:
+    values = sorted(values)
+    p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+    return (
+        f"| {backend} | {scenario} | {len(values)} | {values[0]:.3f} | "
+        f"{statistics.median(values):.3f} | {p95:.3f} | {values[-1]:.3f} | {TARGETS[scenario]} |"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--backends", default="local,postgres")
+    p.add_argument("--scenarios", default="graceful,kill9,sigstop")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "takeover.md"))
+    args = p.parse_args()
+    server = None
+    backends = args.backends.split(",")
+    make_dsn = None
+    if "postgres" in backends:
+        from tests.servers import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        counter = iter(range(1000))
+        make_dsn = lambda: server.create_database(f"bench_{next(counter)}")  # noqa: E731
+    lines = [
+        f"Takeover latency, seconds ({platform.node()}: {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, lease {LEASE:g} s, loop 1 s, "
+        f"{time.strftime('%Y-%m-%d')})",
+        "",
+        "| backend | scenario | runs | min | median | p95 | max | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    try:
+        for backend in backends:
+            for scenario in args.scenarios.split(","):
+                values = bench(backend, scenario, args.runs, make_dsn)
+                lines.append(row(backend, scenario, values))
+                print(lines[-1], flush=True)
+    finally:
+        if server is not None:
+            server.close()
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

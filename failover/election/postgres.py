@@ -1,0 +1,248 @@
+"""PostgreSQL / RDS election: a session advisory lock on a dedicated direct connection.
+
+Epoch in `<prefix>cluster`, bumped inside the lock. Fencing waits for the keeper sessions
+of older epochs to close (proof that their trees are dead) and terminates stragglers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
+
+from failover.election.base import ElectionBackend, FenceReport, LeaderInfo
+from failover.errors import BackendUnavailable
+from failover.pg import Session, SessionTimings, lock_key, one_line, split_key
+from failover.pgschema import ensure_schema
+
+HOLDER_SQL = """
+SELECT l.pid, a.application_name, a.state,
+       EXTRACT(EPOCH FROM now() - a.state_change)::float8
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid = 1
+  AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+OLD_SESSIONS_SQL = """
+SELECT pid, application_name FROM pg_stat_activity
+WHERE application_name LIKE %s AND pid <> pg_backend_pid()
+"""
+
+
+def appname_epoch(name: str, cluster: str) -> tuple[int, bool] | None:
+    """(epoch, is_keeper) of `failover:<cluster>:<node>:<epoch>[:keeper]`, else None."""
+    parts = name.split(":")
+    if len(parts) not in (4, 5) or parts[0] != "failover" or parts[1] != cluster:
+        return None
+    if len(parts) == 5 and parts[4] != "keeper":
+        return None
+    try:
+        return int(parts[3]), len(parts) == 5
+    except ValueError:
+        return None
+
+
+class PostgresElection(ElectionBackend):
+    """Leadership = holding `pg_try_advisory_lock(key)` on our own live session."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        cluster: str,
+        node: str,
+        lease_seconds: float,
+        timeout: float,
+        table_prefix: str,
+        notify: bool = True,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.cluster = cluster
+        self.node = node
+        self.lease = lease_seconds
+        self.prefix = table_prefix
+        self.key = lock_key(cluster)
+        self.classid, self.objid = split_key(self.key)
+        self.channel = f"failover:{cluster}"
+        self.warn = on_warning or (lambda _: None)
+        timings = SessionTimings(lease_seconds, timeout)
+        self.lock = Session(dsn, f"failover:{cluster}:{node}", timings, True, self.warn)
+        self.watch = Session(dsn, f"failover:{cluster}:{node}:watch", timings, False, self.warn)
+        self.notify = notify
+        self.held_generation: int | None = None  # lock held on this session generation
+        self.schema_ready = False
+        self.signal_warned = False
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _q(self, statement: Any, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        if not self.schema_ready:
+            ensure_schema(self.lock, self.prefix)
+            self.schema_ready = True
+        return self.lock.query(statement, params)
+
+    @property
+    def _holding(self) -> bool:
+        return self.held_generation is not None and self.held_generation == self.lock.generation
+
+    def _table(self) -> sql.Identifier:
+        return sql.Identifier(f"{self.prefix}cluster")
+
+    def _we_hold(self) -> bool:
+        rows = self._q(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+            "AND objid = %s AND objsubid = 1 AND granted AND pid = pg_backend_pid())",
+            (self.classid, self.objid),
+        )
+        return bool(rows[0][0])
+
+    def _terminate(self, pids: list[int]) -> int:
+        done = 0
+        for pid in pids:
+            try:
+                rows = self._q("SELECT pg_terminate_backend(%s, %s)", (pid, 1000))
+            except BackendUnavailable as err:
+                if isinstance(err.__cause__, psycopg2.errors.InsufficientPrivilege):
+                    raise BackendUnavailable(
+                        f"cannot terminate backend {pid}: {one_line(err.__cause__)}; grant "
+                        "pg_signal_backend to the failover role (RDS: rds_superuser)"
+                    ) from err
+                raise
+            done += 1 if rows and rows[0][0] else 0
+        return done
+
+    # -- election ---------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        if self._holding:
+            return self.renew()
+        self.held_generation = None
+        if not self._q("SELECT pg_try_advisory_lock(%s)", (self.key,))[0][0]:
+            if not self._fence_vanished_holder():
+                return False
+            if not self._q("SELECT pg_try_advisory_lock(%s)", (self.key,))[0][0]:
+                return False
+        self.held_generation = self.lock.generation
+        return True
+
+    def _fence_vanished_holder(self) -> bool:
+        """Terminate a holder whose lock session has been silent for longer than the lease."""
+        for pid, _, state, idle_for in self._q(HOLDER_SQL, (self.classid, self.objid)):
+            if state == "idle" and idle_for is not None and idle_for > self.lease:
+                return self._terminate([pid]) > 0
+        return False
+
+    def renew(self) -> bool:
+        if not self._holding:
+            # A new session (after a reconnect) holds no lock: leadership is lost.
+            self.lock.connection()
+            if not self._holding:
+                self.held_generation = None
+                return False
+        if self._we_hold():
+            return True
+        self.held_generation = None
+        return False
+
+    def bump_epoch(self) -> int:
+        rows = self._q(
+            sql.SQL(
+                "INSERT INTO {t} (cluster, epoch, leader) VALUES (%s, 1, %s) "
+                "ON CONFLICT (cluster) DO UPDATE "
+                "SET epoch = {t}.epoch + 1, leader = EXCLUDED.leader "
+                "RETURNING epoch"
+            ).format(t=self._table()),
+            (self.cluster, self.node),
+        )
+        if not self._we_hold():
+            raise BackendUnavailable("lost the lock while taking the epoch")
+        return int(rows[0][0])
+
+    def fence(self, epoch: int, force: bool) -> FenceReport:
+        pattern = f"failover:{self.cluster}:%"
+        keepers: list[int] = []
+        children: list[int] = []
+        for pid, name in self._q(OLD_SESSIONS_SQL, (pattern,)):
+            parsed = appname_epoch(name, self.cluster)
+            if parsed is None or parsed[0] >= epoch:
+                continue
+            (keepers if parsed[1] else children).append(pid)
+        uptime = float(
+            self._q("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0]
+        )
+        fresh = uptime < self.lease
+        if (keepers or fresh) and not force:
+            why = (
+                f"{len(keepers)} older keeper session(s) still open"
+                if keepers
+                else (f"server started {uptime:.1f} s ago: absence of keepers proves nothing yet")
+            )
+            wait = self.lease if keepers else self.lease - uptime
+            return FenceReport(pending=len(keepers) or 1, wait_seconds=wait, detail=why)
+        terminated = self._terminate(keepers + children)
+        detail = f"terminated {terminated} older session(s)" if terminated else "no older sessions"
+        return FenceReport(pending=0, terminated=terminated, detail=detail)
+
+    def release(self) -> None:
+        if self._holding:
+            self._q("SELECT pg_advisory_unlock(%s)", (self.key,))
+            if self.notify:
+                self._q("SELECT pg_notify(%s, %s)", (self.channel, f"released {self.node}"))
+        self.held_generation = None
+
+    def leader(self) -> LeaderInfo:
+        holders = self._q(HOLDER_SQL, (self.classid, self.objid))
+        rows = self._q(
+            sql.SQL("SELECT epoch FROM {t} WHERE cluster = %s").format(t=self._table()),
+            (self.cluster,),
+        )
+        epoch = int(rows[0][0]) if rows else 0
+        if not holders:
+            return LeaderInfo(None, epoch)
+        name = str(holders[0][1])
+        return LeaderInfo(name.split(":")[2] if name.count(":") == 2 else name, epoch)
+
+    def keeper_args(self, epoch: int) -> list[str]:
+        return [
+            "--pg-dsn-env",
+            "FAILOVER_KEEPER_DSN",
+            "--pg-appname",
+            f"failover:{self.cluster}:{self.node}:{epoch}:keeper",
+            "--pg-channel",
+            self.channel,
+        ]
+
+    def keeper_env(self, epoch: int) -> dict[str, str]:
+        return {"FAILOVER_KEEPER_DSN": self.dsn}
+
+    # -- wake-ups ---------------------------------------------------------------------------
+    def watch_fd(self) -> int | None:
+        if not self.notify:
+            return None
+        if not self.watch.connected:
+            try:
+                self.watch.query(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            except BackendUnavailable:
+                return None
+        return self.watch.fileno()
+
+    def changed(self) -> bool:
+        conn = self.watch.conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            conn.poll()
+        except psycopg2.Error:
+            self.watch.close()
+            return True
+        if conn.notifies:
+            conn.notifies.clear()
+            return True
+        return False
+
+    def close(self) -> None:
+        self.watch.close()
+        self.lock.close()

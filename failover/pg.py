@@ -1,0 +1,185 @@
+"""PostgreSQL sessions for failover: keepalives and timeouts derived from the lease.
+
+One `Session` = one direct connection that reconnects with backoff; errors become
+`BackendUnavailable` with a one-line reason that never contains the password.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from failover.errors import BackendUnavailable
+
+
+@dataclass(frozen=True)
+class SessionTimings:
+    """Per-session limits; all derived from the lease unless given."""
+
+    lease: float
+    statement_timeout: float
+
+    @property
+    def keepalive_idle(self) -> int:
+        return max(1, math.floor(self.lease / 3))
+
+    @property
+    def keepalive_interval(self) -> int:
+        return max(1, math.floor(self.lease / 9))
+
+    @property
+    def keepalive_count(self) -> int:
+        return 3
+
+    def server_settings(self, idle_session: bool) -> dict[str, str]:
+        """Settings applied with SET on every new session (checked with SHOW after)."""
+        settings = {
+            "statement_timeout": f"{int(self.statement_timeout * 1000)}",
+            "lock_timeout": f"{int(self.statement_timeout * 1000)}",
+            "tcp_keepalives_idle": str(self.keepalive_idle),
+            "tcp_keepalives_interval": str(self.keepalive_interval),
+            "tcp_keepalives_count": str(self.keepalive_count),
+        }
+        if idle_session:
+            # A frozen or vanished holder is cut off by the server after one lease.
+            settings["idle_session_timeout"] = f"{int(self.lease * 1000)}"
+        return settings
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+class Session:
+    """A lazily (re)connected autocommit connection."""
+
+    def __init__(
+        self,
+        dsn: str,
+        application_name: str,
+        timings: SessionTimings,
+        idle_session: bool = False,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.application_name = application_name
+        self.timings = timings
+        self.idle_session = idle_session
+        self.on_warning = on_warning or (lambda _: None)
+        self.conn: Any = None
+        self.failures = 0
+        self.next_attempt = 0.0
+        self.generation = 0  # bumped on every new connection: a new session lost all locks
+        self.warned: set[str] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def connection(self) -> Any:
+        if self.connected:
+            return self.conn
+        now = time.monotonic()
+        if now < self.next_attempt:
+            raise BackendUnavailable(
+                f"reconnect to PostgreSQL in {self.next_attempt - now:.1f} s "
+                f"(last error: {self.last_error})"
+            )
+        try:
+            self.conn = self._connect()
+        except psycopg2.Error as err:
+            self.failures += 1
+            self.last_error = one_line(err)
+            self.next_attempt = now + min(0.25 * 2 ** min(self.failures, 5), 5.0)
+            raise BackendUnavailable(f"cannot connect to PostgreSQL: {self.last_error}") from err
+        self.failures = 0
+        self.generation += 1
+        return self.conn
+
+    last_error = ""
+
+    def _connect(self) -> Any:
+        t = self.timings
+        conn = psycopg2.connect(
+            self.dsn,
+            application_name=self.application_name,
+            connect_timeout=max(1, math.ceil(t.statement_timeout)),
+            keepalives=1,
+            keepalives_idle=t.keepalive_idle,
+            keepalives_interval=t.keepalive_interval,
+            keepalives_count=t.keepalive_count,
+            tcp_user_timeout=int(t.lease * 1000 / 2),
+        )
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                for name, value in t.server_settings(self.idle_session).items():
+                    cur.execute(sql.SQL("SET {} = %s").format(sql.Identifier(name)), (value,))
+                    self._check_setting(cur, name, value)
+        except psycopg2.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _check_setting(self, cur: Any, name: str, wanted: str) -> None:
+        cur.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,))
+        row = cur.fetchone()
+        if (row is None or row[0] != wanted) and name not in self.warned:
+            self.warned.add(name)
+            got = "not supported" if row is None else row[0]
+            self.on_warning(
+                f"PostgreSQL ignored {name}={wanted} (is {got}); a vanished leader's "
+                "session may linger longer than the lease"
+            )
+
+    def query(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement; rows if it returns any. Connection trouble -> BackendUnavailable."""
+        conn = self.connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                return list(cur.fetchall()) if cur.description is not None else []
+        except psycopg2.Error as err:
+            if isinstance(err, psycopg2.errors.QueryCanceled) and not conn.closed:
+                raise BackendUnavailable(
+                    f"PostgreSQL statement timed out: {one_line(err)}"
+                ) from err
+            if not isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                raise BackendUnavailable(f"PostgreSQL refused: {one_line(err)}") from err
+            self.close()
+            self.last_error = one_line(err)
+            raise BackendUnavailable(f"PostgreSQL connection lost: {self.last_error}") from err
+
+    def fileno(self) -> int | None:
+        return self.conn.fileno() if self.connected else None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg2.Error:
+                pass
+            self.conn = None
+
+
+def lock_key(cluster: str) -> int:
+    """A signed 64-bit advisory lock key from `failover:<cluster>` (never a small int)."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"failover:{cluster}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def split_key(key: int) -> tuple[int, int]:
+    """(classid, objid) as pg_locks shows a bigint advisory key."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
