@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import Cluster, read_records, wait_until  # noqa: E402
+from tests.harness import Cluster, read_records, wait_until
 
 LEASE = 5.0
 SETTINGS = {
