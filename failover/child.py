@@ -40,13 +40,16 @@ class KeeperLink(Protocol):
         """After EOF: make sure no process of the keeper's session is left; reap the keeper."""
         ...
 
+    def close(self) -> None:
+        """Close our end (the keeper sees EOF), then `cleanup()`."""
+        ...
+
 
 class Launcher(Protocol):
     def launch(
         self,
         command: Sequence[str],
         env: Mapping[str, str],
-        run_until: float,
         stop_timeout: float,
         keeper_args: Sequence[str],
     ) -> KeeperLink: ...
@@ -80,6 +83,11 @@ class Child:
         self.stop_requested = False
         self.stop_sent = ""
         self.last_event = ""
+        self.warm: KeeperLink | None = None  # a keeper started in advance, waiting for GO
+        self.warm_ready = False
+        self.warm_failures = 0
+        self.warm_retry_at = 0.0
+        self.warm_error = ""
 
     @property
     def gone(self) -> bool:
@@ -90,6 +98,37 @@ class Child:
         if self.state is ChildState.BACKOFF:
             return now >= self.backoff_until
         return self.state is ChildState.STOPPED
+
+    def prepare(self, now: float, env: Mapping[str, str], keeper_args: Sequence[str]) -> None:
+        """Start a warm keeper (imports done, proof session open) so a start costs ~1 ms."""
+        if self.warm is not None or not self.gone or now < self.warm_retry_at:
+            return
+        self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, keeper_args)
+        self.warm_ready = False
+
+    def discard_warm(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
+            self.warm = None
+            self.warm_ready = False
+
+    def _poll_warm(self, now: float) -> None:
+        if self.warm is None:
+            return
+        for line in self.warm.read_lines():
+            word, _, arg = line.partition(" ")
+            if word == "READY":
+                self.warm_ready = True
+                self.warm_failures = 0
+            elif word == "ERROR":
+                self.warm_error = arg
+            elif word in ("GONE", "EOF"):
+                self.warm.cleanup()
+                self.warm = None
+                self.warm_ready = False
+                self.warm_failures += 1
+                self.warm_retry_at = now + min(0.5 * 2**self.warm_failures, 30.0)
+                return
 
     def start(
         self,
@@ -103,9 +142,14 @@ class Child:
             raise ChildError(f"cannot start the child while it is {self.state.value}")
         if self.started_at is not None:
             self.restarts += 1
-        self.link = self.launcher.launch(
-            self.command, env, run_until, self.policy.stop_timeout, keeper_args
-        )
+        self._poll_warm(now)
+        link = self.warm
+        self.warm = None
+        self.warm_ready = False
+        if link is None:
+            link = self.launcher.launch(self.command, env, self.policy.stop_timeout, keeper_args)
+        link.send(f"GO {epoch} {run_until:.6f}")
+        self.link = link
         self.state = ChildState.STARTING
         self.epoch = epoch
         self.pid = None
@@ -139,7 +183,8 @@ class Child:
             self.state = ChildState.STOPPED
 
     def poll(self, now: float) -> list[str]:
-        """Take in what the keeper said; return the protocol lines seen."""
+        """Take in what the keepers said; return the protocol lines of the child's keeper."""
+        self._poll_warm(now)
         if self.link is None:
             return []
         lines = self.link.read_lines()
@@ -184,11 +229,14 @@ class Child:
         self.state = ChildState.BACKOFF
 
 
-def child_env(base: Mapping[str, str], cluster: str, node: str, epoch: int) -> dict[str, str]:
-    """The child's environment: inherited, plus who and which epoch it runs for."""
+def child_env(base: Mapping[str, str], cluster: str, node: str) -> dict[str, str]:
+    """The keeper's and child's environment: inherited, plus who it runs for.
+
+    The keeper adds `FAILOVER_EPOCH` and `PGAPPNAME=failover:<cluster>:<node>:<epoch>` on GO.
+    """
     env = dict(base)
-    env["FAILOVER_EPOCH"] = str(epoch)
     env["FAILOVER_NODE"] = node
     env["FAILOVER_CLUSTER"] = cluster
-    env["PGAPPNAME"] = f"failover:{cluster}:{node}:{epoch}"
+    for name in ("FAILOVER_EPOCH", "PGAPPNAME"):
+        env.pop(name, None)
     return env

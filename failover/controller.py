@@ -119,6 +119,7 @@ class Controller:
     def request_shutdown(self) -> None:
         """Stop the child, then release; `tick()` ends in Role.STOPPED when done."""
         self.shutting_down = True
+        self.child.discard_warm()
         if self.role in (Role.LEADER, Role.FENCING):
             self._demote("shutdown")
 
@@ -198,12 +199,26 @@ class Controller:
         self.fence_deadline = None
         return self._start_child(now, f"fenced older epochs ({report.detail}), ")
 
+    def _keeper_env(self) -> dict[str, str]:
+        env = child_env(self.base_env, self.cluster, self.node)
+        env.update(self.backend.keeper_env())
+        return env
+
+    def _keeper_args(self) -> list[str]:
+        return ["--name", f"failover:{self.cluster}:{self.node}", *self.backend.keeper_args()]
+
+    def _keep_warm(self, now: float) -> None:
+        """A standby keeps a keeper started in advance, so promotion skips its start-up."""
+        try:
+            self.child.prepare(now, self._keeper_env(), self._keeper_args())
+        except ChildError as err:
+            self.child.warm_error = str(err)
+            self.child.warm_retry_at = now + self.t.lease
+
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
-        env = child_env(self.base_env, self.cluster, self.node, self.epoch)
-        env.update(self.backend.keeper_env(self.epoch))
         try:
             self.child.start(
-                now, self.epoch, self.self_fence_deadline, env, self.backend.keeper_args(self.epoch)
+                now, self.epoch, self.self_fence_deadline, self._keeper_env(), self._keeper_args()
             )
         except ChildError as err:
             self._demote("child start failed")
@@ -288,6 +303,7 @@ class Controller:
             return "standby: nothing to stop", None
         if self.child.state is ChildState.FAILED and now >= self.cooldown_until:
             self.child.reset_failures()
+        self._keep_warm(now)
         if self.flags.paused:
             return f"paused: no elections; leader is {self.leader or 'nobody'}", None
         if now < self.cooldown_until:

@@ -149,6 +149,8 @@ class Daemon:
             return
         self.settings = new
         self.controller.t = timings(new)
+        if tuple(new.command) != self.child.command:
+            self.child.discard_warm()  # it was started for the old command
         self.child.command = tuple(new.command)
         self.child.policy = child_policy(new)
         log.configure(new.log.format, new.log.level)
@@ -174,6 +176,8 @@ class Daemon:
             fds = [signal_fd]
             if self.child.link is not None:
                 fds.append(self.child.link.fileno())
+            if self.child.warm is not None:
+                fds.append(self.child.warm.fileno())
             watch = self.backend.watch_fd()
             if watch is not None:
                 fds.append(watch)
@@ -183,10 +187,13 @@ class Daemon:
                 _drain(signal_fd)
             if self.child.link is not None and self.child.link.fileno() in readable:
                 return
+            if self.child.warm is not None and self.child.warm.fileno() in readable:
+                self.child.poll(boottime())
             if (watch in readable or poll) and self.backend.changed():
                 return
 
     def _close(self) -> None:
+        self.child.discard_warm()
         if not self.child.gone:
             # Only reached on an unexpected error: never leave a child behind.
             self.child.stop(hard=True)

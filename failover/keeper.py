@@ -1,41 +1,38 @@
 """The keeper: leads the child's session and kills the whole tree once nobody vouches for it.
 
-Run as `python -m failover.keeper --control-fd N -- CMD...`. Standard library only.
+Run as `python -m failover.keeper --control-fd N --name failover:C:N -- CMD...`. Standard
+library only (psycopg2 in postgres mode). It starts warm: imports done, proof-of-life
+session open, `READY` sent; the child starts only on `GO`.
 
 Protocol on the control stream (one line each, ASCII):
-  daemon -> keeper  `RUN-UNTIL <t>`  may run until CLOCK_BOOTTIME t (hard kill at t)
-                    `STOP`           graceful stop: SIGTERM main pid, then the rest, SIGKILL later
-                    `KILL`           SIGKILL the whole tree now
-  keeper -> daemon  `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`, `ERROR <text>`
-End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now.
+  daemon -> keeper  `GO <epoch> <t>`  take the proof of life, start the child, run until t
+                    `RUN-UNTIL <t>`   may run until CLOCK_BOOTTIME t (hard kill at t)
+                    `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
+                    `KILL`            SIGKILL the whole tree now
+  keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
+                    `ERROR <text>`
+End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
 
 from failover import proctree
+from failover.proof import LockFileProof, PgSessionProof, Proof, boottime
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_LOCK_BUSY = 3
 EXIT_START_FAILED = 4
-
-
-def boottime() -> float:
-    """Seconds on CLOCK_BOOTTIME: monotonic, and counts time spent suspended."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def _prctl(option: int, value: int) -> None:
@@ -50,110 +47,6 @@ def _child_preexec() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
-class LockFileProof:
-    """Proof of life on one host: an exclusive flock held for as long as the keeper lives."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self, wait: float) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        end = boottime() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if boottime() >= end:
-                    os.close(fd)
-                    return False
-                time.sleep(0.01)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def fileno(self) -> int | None:
-        return None
-
-    def broken(self) -> bool:
-        return False
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-class PgSessionProof:
-    """Proof of life in postgres mode: our own DB session, named after the epoch.
-
-    A new leader waits for it to close; if it breaks, we can no longer vouch: kill the tree.
-    """
-
-    def __init__(self, dsn: str, appname: str, channel: str | None) -> None:
-        self.dsn = dsn
-        self.appname = appname
-        self.channel = channel
-        self.conn: Any = None
-        self.error = ""
-
-    def acquire(self, wait: float) -> bool:
-        import psycopg2
-
-        end = boottime() + wait
-        while True:
-            try:
-                self.conn = psycopg2.connect(
-                    self.dsn,
-                    application_name=self.appname,
-                    connect_timeout=2,
-                    keepalives=1,
-                    keepalives_idle=2,
-                    keepalives_interval=1,
-                    keepalives_count=3,
-                )
-                self.conn.autocommit = True
-                return True
-            except psycopg2.Error as err:
-                self.error = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                if boottime() >= end:
-                    return False
-                time.sleep(0.2)
-
-    def fileno(self) -> int | None:
-        return int(self.conn.fileno()) if self.conn is not None else None
-
-    def broken(self) -> bool:
-        if self.conn is None or self.conn.closed:
-            return True
-        readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
-        if not readable:
-            return False
-        try:
-            self.conn.poll()
-            self.conn.notifies.clear()
-        except Exception:
-            return True
-        return bool(self.conn.closed)
-
-    def release(self) -> None:
-        if self.conn is None:
-            return
-        try:
-            if self.channel and not self.conn.closed:
-                with self.conn.cursor() as cur:
-                    cur.execute("SELECT pg_notify(%s, %s)", (self.channel, f"gone {self.appname}"))
-        except Exception:  # noqa: S110 - closing anyway
-            pass
-        self.conn.close()
-        self.conn = None
-
-
-Proof = LockFileProof | PgSessionProof
-
-
 class Keeper:
     """One child's lifetime: start it, watch the stream and the deadline, kill the tree."""
 
@@ -161,13 +54,14 @@ class Keeper:
         self,
         control: socket.socket,
         command: Sequence[str],
-        run_until: float,
         stop_timeout: float,
         proof: Proof | None,
     ) -> None:
         self.control = control
         self.command = list(command)
-        self.run_until = run_until
+        self.run_until = 0.0
+        self.go: tuple[int, float] | None = None
+        self.eof = False
         self.stop_timeout = stop_timeout
         self.proof = proof
         self.child: subprocess.Popen[bytes] | None = None
@@ -183,10 +77,11 @@ class Keeper:
         except OSError:
             pass  # the daemon is gone: EOF handling kills the tree
 
-    def start(self) -> bool:
+    def start(self, env: dict[str, str]) -> bool:
         try:
             self.child = subprocess.Popen(
                 self.command,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_child_preexec,  # noqa: PLW1509 - the keeper has no threads
             )
@@ -222,7 +117,13 @@ class Keeper:
 
     def _handle_line(self, line: str) -> None:
         word, _, arg = line.strip().partition(" ")
-        if word == "RUN-UNTIL":
+        if word == "GO" and self.go is None:
+            try:
+                epoch, until = arg.split()
+                self.go = (int(epoch), float(until))
+            except ValueError:
+                self.send(f"ERROR bad GO {arg!r}")
+        elif word == "RUN-UNTIL":
             try:
                 self.run_until = float(arg)
             except ValueError:
@@ -243,6 +144,7 @@ class Keeper:
         except OSError:
             data = b""
         if not data:
+            self.eof = True
             return False
         self.buffer += data
         while b"\n" in self.buffer:
@@ -291,18 +193,37 @@ class Keeper:
                 self.hard_kill("proof-of-life session lost")
 
 
+def _wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
+    """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
+    keeper.control.setblocking(False)
+    while keeper.go is None:
+        fds = [keeper.control.fileno(), wake_fd]
+        proof_fd = keeper.proof.fileno() if keeper.proof else None
+        if proof_fd is not None:
+            fds.append(proof_fd)
+        readable, _, _ = select.select(fds, [], [], 5.0)
+        if wake_fd in readable:
+            os.read(wake_fd, 512)
+        if keeper.control.fileno() in readable and not keeper._read_control():
+            return "daemon gone before go"
+        if keeper.stop_started is not None or keeper.reason:
+            return "stopped before go"
+        if keeper.proof is not None and keeper.proof.broken():
+            return "proof-of-life session lost while warm"
+    return None
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m failover.keeper",
         description="Run CMD in this session; kill its whole tree when the daemon stops vouching.",
     )
     p.add_argument("--control-fd", type=int, required=True, help="connected stream socket fd")
-    p.add_argument("--run-until", type=float, required=True, help="CLOCK_BOOTTIME hard deadline")
+    p.add_argument("--name", default="failover:keeper", help="failover:<cluster>:<node>")
     p.add_argument("--stop-timeout", type=float, default=30.0, help="SIGTERM -> SIGKILL grace")
     p.add_argument("--lock-file", help="hold this flock as proof of life (local backend)")
     p.add_argument("--lock-wait", type=float, default=5.0, help="how long to wait for the lock")
     p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
-    p.add_argument("--pg-appname", help="application_name of the proof-of-life session")
     p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = p.parse_args(argv)
@@ -317,10 +238,17 @@ def _proof(args: argparse.Namespace) -> Proof | None:
     if args.pg_dsn_env:
         # The DSN (with its password) reaches us by env, never argv, and not the child.
         dsn = os.environ.pop(args.pg_dsn_env, "")
-        return PgSessionProof(dsn, args.pg_appname or "failover:keeper", args.pg_channel)
+        return PgSessionProof(dsn, args.name, args.pg_channel)
     if args.lock_file:
-        return LockFileProof(args.lock_file)
+        return LockFileProof(args.lock_file, args.lock_wait)
     return None
+
+
+def _child_env(name: str, epoch: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FAILOVER_EPOCH"] = str(epoch)
+    env["PGAPPNAME"] = f"{name}:{epoch}"
+    return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,21 +263,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proof = _proof(args)
-    keeper = Keeper(control, args.command, args.run_until, args.stop_timeout, proof)
+    keeper = Keeper(control, args.command, args.stop_timeout, proof)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
+    if proof is not None and not proof.prepare():
+        keeper.send(f"ERROR {proof.error}")
+        keeper.send("GONE no proof of life")
+        return EXIT_LOCK_BUSY
+    keeper.send("READY")
+    why = _wait_for_go(keeper, rd)
+    if why is not None or keeper.go is None:
+        keeper.send(f"GONE {why}")
+        if proof is not None:
+            proof.release()
+        return 0
+    epoch, keeper.run_until = keeper.go
     if proof is not None:
-        if not proof.acquire(args.lock_wait):
-            if isinstance(proof, PgSessionProof):
-                keeper.send(f"ERROR cannot open the proof-of-life session: {proof.error}")
-            else:
-                keeper.send(f"ERROR proof-of-life lock {args.lock_file} is held by an older keeper")
+        if not proof.activate(epoch):
+            keeper.send(f"ERROR {proof.error}")
             keeper.send("GONE no proof of life")
+            proof.release()
             return EXIT_LOCK_BUSY
         keeper.send("LOCKED")
-    if boottime() >= args.run_until:
+    if boottime() >= keeper.run_until:
         keeper.send("GONE run-until deadline passed before start")
         return EXIT_START_FAILED
-    if not keeper.start():
+    if not keeper.start(_child_env(args.name, epoch)):
         keeper.send("GONE start failed")
         return EXIT_START_FAILED
     keeper.run(rd)

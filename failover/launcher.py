@@ -53,6 +53,13 @@ class SocketKeeperLink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.cleanup()
+
     def cleanup(self) -> None:
         """Wait for the keeper; if it died abnormally, kill what is left of its session."""
         try:
@@ -75,7 +82,6 @@ class KeeperLauncher:
         self,
         command: Sequence[str],
         env: Mapping[str, str],
-        run_until: float,
         stop_timeout: float,
         keeper_args: Sequence[str],
     ) -> SocketKeeperLink:
@@ -86,8 +92,6 @@ class KeeperLauncher:
             "failover.keeper",
             "--control-fd",
             str(theirs.fileno()),
-            "--run-until",
-            f"{run_until:.6f}",
             "--stop-timeout",
             str(stop_timeout),
             *keeper_args,

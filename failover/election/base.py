@@ -92,11 +92,11 @@ class ElectionBackend(abc.ABC):
     def leader(self) -> LeaderInfo:
         """The current leader, if any."""
 
-    def keeper_args(self, epoch: int) -> list[str]:
+    def keeper_args(self) -> list[str]:
         """Arguments that give the keeper its proof of life for this backend."""
         return []
 
-    def keeper_env(self, epoch: int) -> dict[str, str]:
+    def keeper_env(self) -> dict[str, str]:
         """Secrets the keeper needs (passed by env, never argv); removed before the child."""
         return {}
 

@@ -231,7 +231,7 @@ class LocalElection(ElectionBackend):
         assert isinstance(info, LeaderInfo)
         return info
 
-    def keeper_args(self, epoch: int) -> list[str]:
+    def keeper_args(self) -> list[str]:
         return ["--lock-file", str(self.store.keeper_lock), "--lock-wait", "2"]
 
     def poll_interval(self) -> float:

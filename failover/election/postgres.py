@@ -205,17 +205,10 @@ class PostgresElection(ElectionBackend):
         name = str(holders[0][1])
         return LeaderInfo(name.split(":")[2] if name.count(":") == 2 else name, epoch)
 
-    def keeper_args(self, epoch: int) -> list[str]:
-        return [
-            "--pg-dsn-env",
-            "FAILOVER_KEEPER_DSN",
-            "--pg-appname",
-            f"failover:{self.cluster}:{self.node}:{epoch}:keeper",
-            "--pg-channel",
-            self.channel,
-        ]
+    def keeper_args(self) -> list[str]:
+        return ["--pg-dsn-env", "FAILOVER_KEEPER_DSN", "--pg-channel", self.channel]
 
-    def keeper_env(self, epoch: int) -> dict[str, str]:
+    def keeper_env(self) -> dict[str, str]:
         return {"FAILOVER_KEEPER_DSN": self.dsn}
 
     # -- wake-ups ---------------------------------------------------------------------------

@@ -27,8 +27,11 @@ def launch(
     tag = f"probe-{uuid.uuid4().hex[:8]}"
     records = tmp_path / "records.log"
     command = [sys.executable, PROBE, "--tag", tag, "--record", str(records), *probe_args]
-    env = {**os.environ, "FAILOVER_EPOCH": "1", "FAILOVER_NODE": "k"}
-    link = KeeperLauncher().launch(command, env, boottime() + run_for, stop_timeout, keeper_args)
+    env = {**os.environ, "FAILOVER_NODE": "k"}
+    link = KeeperLauncher().launch(
+        command, env, stop_timeout, ("--name", "failover:t:k", *keeper_args)
+    )
+    link.send(f"GO 1 {boottime() + run_for:.6f}")
     return link, tag, records
 
 
@@ -151,7 +154,86 @@ def test_keeper_holds_lock_until_tree_gone(tmp_path: Path) -> None:
 
 
 def test_missing_command_is_reported(tmp_path: Path) -> None:
-    link = KeeperLauncher().launch(["/nonexistent/cmd"], dict(os.environ), boottime() + 30, 5, [])
+    link = KeeperLauncher().launch(["/nonexistent/cmd"], dict(os.environ), 5, [])
+    link.send(f"GO 1 {boottime() + 30:.6f}")
     lines = lines_until(link, "GONE")
     assert any("cannot start '/nonexistent/cmd'" in line for line in lines)
+    link.cleanup()
+
+
+def test_warm_keeper_waits_for_go_and_exits_on_eof(tmp_path: Path) -> None:
+    tag = f"probe-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, PROBE, "--tag", tag, "--record", str(tmp_path / "r.log")]
+    link = KeeperLauncher().launch(command, dict(os.environ), 5, ["--name", "failover:t:k"])
+    lines_until(link, "READY")
+    time.sleep(0.3)
+    assert not tagged_processes(tag), "a warm keeper started its child before GO"
+    link.close()
+    assert link.proc.returncode == 0
+    assert not tagged_processes(tag)
+
+
+def test_child_gets_epoch_and_appname_on_go(tmp_path: Path) -> None:
+    link, tag, records = launch(tmp_path)
+    started_tree(link, records, 1)
+    (pid,) = tagged_processes(tag)
+    env = dict(
+        item.split("=", 1)
+        for item in open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")
+        if "=" in item
+    )
+    assert env["FAILOVER_EPOCH"] == "1" and env["PGAPPNAME"] == "failover:t:k:1"
+    link.send("KILL")
+    lines_until(link, "GONE")
+    link.cleanup()
+
+
+@pytest.mark.integration
+def test_pg_proof_session_named_by_epoch_and_kills_tree_when_cut(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    import psycopg2
+
+    tag = f"probe-{uuid.uuid4().hex[:8]}"
+    records = tmp_path / "r.log"
+    command = [sys.executable, PROBE, "--tag", tag, "--record", str(records)]
+    env = {**os.environ, "FAILOVER_KEEPER_DSN": pg_dsn}
+    args = [
+        "--name",
+        "failover:t:k",
+        "--pg-dsn-env",
+        "FAILOVER_KEEPER_DSN",
+        "--pg-channel",
+        "failover:t",
+    ]
+    link = KeeperLauncher().launch(command, env, 5, args)
+    lines_until(link, "READY")
+
+    def names() -> list[str]:
+        conn = psycopg2.connect(pg_dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'failover:t:k%'"
+                )
+                return sorted(r[0] for r in cur.fetchall())
+        finally:
+            conn.close()
+
+    assert names() == ["failover:t:k:standby"]
+    link.send(f"GO 7 {boottime() + 30:.6f}")
+    started_tree(link, records, 1)
+    assert names() == ["failover:t:k:7:keeper"]
+    (pid,) = tagged_processes(tag)
+    assert "FAILOVER_KEEPER_DSN" not in open(f"/proc/{pid}/environ", "rb").read().decode()
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'failover:t:k:7:keeper'"
+        )
+    conn.close()
+    lines = lines_until(link, "GONE")
+    assert any("proof-of-life session lost" in line for line in lines), lines
+    assert not tagged_processes(tag)
     link.cleanup()

@@ -149,25 +149,30 @@ class FakeLink:
     def cleanup(self) -> None:
         self.log.append(f"keeper {self.pid} cleaned up")
 
+    def close(self) -> None:
+        self.log.append(f"keeper {self.pid} closed")
+        self.cleanup()
+
 
 class FakeLauncher:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.links: list[FakeLink] = []
         self.envs: list[Mapping[str, str]] = []
+        self.args: list[list[str]] = []
 
     def launch(
         self,
         command: Sequence[str],
         env: Mapping[str, str],
-        run_until: float,
         stop_timeout: float,
         keeper_args: Sequence[str],
     ) -> FakeLink:
         link = FakeLink(self.log, 100 + len(self.links))
         self.links.append(link)
         self.envs.append(env)
-        self.log.append(f"launch keeper {link.pid} run_until={run_until:g}")
+        self.args.append(list(keeper_args))
+        self.log.append(f"launch keeper {link.pid}")
         return link
 
     @property

@@ -26,10 +26,10 @@ def test_start_running_stop_gone() -> None:
     assert child.state is ChildState.RUNNING and child.pid == 77
     child.stop()
     child.stop()  # asked once only
-    assert launcher.last.sent == ["STOP"]
+    assert launcher.last.sent == ["GO 1 9.000000", "STOP"]
     child.stop(hard=True)
     child.stop(hard=True)
-    assert launcher.last.sent == ["STOP", "KILL"]
+    assert launcher.last.sent == ["GO 1 9.000000", "STOP", "KILL"]
     assert not child.gone  # not gone until the keeper says so
     launcher.last.inbox.extend(["EXITED -15", "GONE stop requested"])
     child.poll(0.2)
@@ -89,15 +89,52 @@ def test_extend_only_while_running() -> None:
     child.extend(10)
     child.stop()
     child.extend(11)
-    assert launcher.last.sent == ["RUN-UNTIL 10.000000", "STOP"]
+    assert launcher.last.sent == ["GO 1 9.000000", "RUN-UNTIL 10.000000", "STOP"]
 
 
-def test_child_env() -> None:
-    env = child_env({"A": "1"}, "prod", "m1", 8)
-    assert env == {
-        "A": "1",
-        "FAILOVER_EPOCH": "8",
-        "FAILOVER_NODE": "m1",
-        "FAILOVER_CLUSTER": "prod",
-        "PGAPPNAME": "failover:prod:m1:8",
-    }
+def test_child_env_drops_stale_epoch_names() -> None:
+    env = child_env({"A": "1", "FAILOVER_EPOCH": "3", "PGAPPNAME": "x"}, "prod", "m1")
+    assert env == {"A": "1", "FAILOVER_NODE": "m1", "FAILOVER_CLUSTER": "prod"}
+
+
+def test_warm_keeper_is_used_for_the_start() -> None:
+    child, launcher = make()
+    child.prepare(0, {}, ["--name", "x"])
+    child.prepare(0, {}, ["--name", "x"])  # one warm keeper at most
+    assert len(launcher.links) == 1
+    warm = launcher.last
+    warm.inbox.append("READY")
+    child.poll(0.1)
+    assert child.warm_ready
+    child.start(1, 4, 10.0, {})
+    assert len(launcher.links) == 1 and child.link is warm and child.warm is None
+    assert warm.sent == ["GO 4 10.000000"]
+
+
+def test_dead_warm_keeper_is_replaced_with_backoff() -> None:
+    child, launcher = make()
+    child.prepare(0, {}, [])
+    launcher.last.inbox.extend(
+        ["ERROR cannot open the proof-of-life session: boom", "GONE no proof of life"]
+    )
+    child.poll(0.1)
+    assert child.warm is None and "boom" in child.warm_error
+    child.prepare(0.2, {}, [])
+    assert len(launcher.links) == 1  # not before the retry time
+    child.prepare(child.warm_retry_at, {}, [])
+    assert len(launcher.links) == 2
+
+
+def test_start_without_warm_keeper_launches_one_and_says_go() -> None:
+    child, launcher = make()
+    child.prepare(0, {}, [])
+    launcher.last.inbox.append("EOF")  # died before we noticed
+    child.start(1, 2, 9.0, {})
+    assert len(launcher.links) == 2 and launcher.last.sent == ["GO 2 9.000000"]
+
+
+def test_discard_warm_closes_it() -> None:
+    child, launcher = make()
+    child.prepare(0, {}, [])
+    child.discard_warm()
+    assert child.warm is None and "keeper 100 closed" in launcher.log

@@ -25,11 +25,10 @@ def test_standby_wins_fences_and_starts_child_in_one_tick() -> None:
     assert result.transition == "elected"
     assert result.sentence.startswith("acquired leadership, epoch 1")
     env = rig.launcher.envs[0]
-    assert env["FAILOVER_EPOCH"] == "1"
-    assert env["FAILOVER_NODE"] == "n1"
-    assert env["PGAPPNAME"] == "failover:c1:n1:1"
+    assert env["FAILOVER_NODE"] == "n1" and env["FAILOVER_CLUSTER"] == "c1"
+    assert rig.launcher.args[0][:2] == ["--name", "failover:c1:n1"]
     # The keeper's hard deadline is the self-fence deadline, never the whole lease.
-    assert "run_until=1009" in rig.log[0]
+    assert rig.launcher.last.sent[0] == "GO 1 1009.000000"
 
 
 def test_steady_leader_sentence_and_renew_extends_keeper_deadline() -> None:
@@ -41,13 +40,16 @@ def test_steady_leader_sentence_and_renew_extends_keeper_deadline() -> None:
     assert rig.launcher.last.sent[-1] == "RUN-UNTIL 1010.000000"
 
 
-def test_standby_follows_the_leader() -> None:
+def test_standby_follows_the_leader_with_a_warm_keeper() -> None:
     lease = SharedLease(holder="other", epoch=7)
     rig = make_rig(lease=lease)
     result = rig.controller.tick()
     assert result.role is Role.STANDBY
     assert result.sentence == "no action: following leader other (epoch 7)"
-    assert rig.launcher.links == []
+    assert len(rig.launcher.links) == 1 and rig.launcher.last.sent == []  # warm, no GO
+    lease.holder = None
+    assert rig.controller.tick().role is Role.LEADER
+    assert len(rig.launcher.links) == 1 and rig.launcher.last.sent == ["GO 8 1009.000000"]
 
 
 def test_older_keeper_alive_delays_start_then_is_forced() -> None:
@@ -56,7 +58,7 @@ def test_older_keeper_alive_delays_start_then_is_forced() -> None:
     result = rig.controller.tick()
     assert result.role is Role.FENCING
     assert "waiting up to 5.0 s" in result.sentence
-    assert rig.launcher.links == []
+    assert all(not link.sent for link in rig.launcher.links)  # nothing started
     rig.clock.advance(2.0)
     assert rig.controller.tick().role is Role.FENCING
     assert rig.backend.fence_calls == [False, False]

@@ -1,0 +1,136 @@
+"""Proof of life held by the keeper while its tree may live: a lock file or a DB session.
+
+Standard library only; psycopg2 is imported only in postgres mode.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import time
+from typing import Any
+
+
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, and counts time spent suspended."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class LockFileProof:
+    """One host: an exclusive flock, taken at "go" and held for as long as the keeper lives."""
+
+    def __init__(self, path: str, wait: float) -> None:
+        self.path = path
+        self.wait = wait
+        self.fd: int | None = None
+        self.error = ""
+
+    def prepare(self) -> bool:
+        return True
+
+    def activate(self, epoch: int) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        end = boottime() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if boottime() >= end:
+                    os.close(fd)
+                    self.error = f"proof-of-life lock {self.path} is held by an older keeper"
+                    return False
+                time.sleep(0.01)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def fileno(self) -> int | None:
+        return None
+
+    def broken(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class PgSessionProof:
+    """Postgres mode: our own DB session, named `<name>:<epoch>:keeper` from "go" on.
+
+    A new leader waits for it to close; if it breaks, we can no longer vouch: kill the tree.
+    Opened while warm (named `<name>:standby`) so "go" costs one round trip.
+    """
+
+    def __init__(self, dsn: str, name: str, channel: str | None) -> None:
+        self.dsn = dsn
+        self.name = name
+        self.channel = channel
+        self.conn: Any = None
+        self.error = ""
+
+    def prepare(self) -> bool:
+        import psycopg2
+
+        try:
+            self.conn = psycopg2.connect(
+                self.dsn,
+                application_name=f"{self.name}:standby",
+                connect_timeout=2,
+                keepalives=1,
+                keepalives_idle=2,
+                keepalives_interval=1,
+                keepalives_count=3,
+            )
+        except psycopg2.Error as err:
+            text = str(err).strip()
+            self.error = (
+                f"cannot open the proof-of-life session: {text.splitlines()[0] if text else err!r}"
+            )
+            return False
+        self.conn.autocommit = True
+        return True
+
+    def activate(self, epoch: int) -> bool:
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SET application_name = %s", (f"{self.name}:{epoch}:keeper",))
+        except Exception as err:
+            self.error = f"proof-of-life session failed: {str(err).strip().splitlines()[0:1]}"
+            return False
+        return True
+
+    def fileno(self) -> int | None:
+        return int(self.conn.fileno()) if self.conn is not None and not self.conn.closed else None
+
+    def broken(self) -> bool:
+        if self.conn is None or self.conn.closed:
+            return True
+        readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+        if not readable:
+            return False
+        try:
+            self.conn.poll()
+            self.conn.notifies.clear()
+        except Exception:
+            return True
+        return bool(self.conn.closed)
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            if self.channel and not self.conn.closed:
+                with self.conn.cursor() as cur:
+                    cur.execute("SELECT pg_notify(%s, %s)", (self.channel, f"gone {self.name}"))
+        except Exception:  # noqa: S110 - closing anyway
+            pass
+        self.conn.close()
+        self.conn = None
+
+
+Proof = LockFileProof | PgSessionProof
