@@ -147,7 +147,7 @@ class Cluster:
 
     def start(self, node: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / f"{node}.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+        log = open(self.root / f"{node}.log", "ab")
         proc = subprocess.Popen(
             self.argv(node),
             stdout=log,

@@ -129,11 +129,25 @@ class PostgresElection(ElectionBackend):
         return True
 
     def _fence_vanished_holder(self) -> bool:
-        """Terminate a holder whose lock session has been silent for longer than the lease."""
-        for pid, _, state, idle_for in self._q(HOLDER_SQL, (self.classid, self.objid)):
-            if state == "idle" and idle_for is not None and idle_for > self.lease:
+        """Terminate an idle holder whose lock session or member heartbeat is older than the
+        lease: its host vanished or its daemon froze, and the session lingers."""
+        for pid, name, state, idle_for in self._q(HOLDER_SQL, (self.classid, self.objid)):
+            if state != "idle":
+                continue
+            silent = idle_for is not None and idle_for > self.lease
+            if silent or self._heartbeat_age(str(name).rpartition(":")[2]) > self.lease:
                 return self._terminate([pid]) > 0
         return False
+
+    def _heartbeat_age(self, node: str) -> float:
+        rows = self._q(
+            sql.SQL(
+                "SELECT EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 FROM {m} "
+                "WHERE cluster = %s AND node = %s"
+            ).format(m=sql.Identifier(f"{self.prefix}member")),
+            (self.cluster, node),
+        )
+        return float(rows[0][0]) if rows else 0.0
 
     def renew(self) -> bool:
         if not self._holding:

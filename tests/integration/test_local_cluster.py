@@ -112,7 +112,7 @@ def test_bad_reload_keeps_running_config(cluster: Cluster, tmp_path: Path) -> No
     proc = subprocess.Popen(
         [*cluster.argv("n1")[:3], "run", "--config", str(config), *cluster.argv("n1")[4:]],
         stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "n1.log", "ab"),  # noqa: SIM115
+        stderr=open(tmp_path / "n1.log", "ab"),
     )
     cluster.procs["n1"] = proc
     node, epoch = cluster.leader_child()

@@ -1,0 +1,166 @@
+"""The PostgreSQL election backend driven directly against a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+from failover.election.postgres import PostgresElection
+from failover.errors import BackendUnavailable
+from failover.pg import Session, SessionTimings
+from failover.pgschema import ensure_schema
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def elections(pg_dsn: str) -> Iterator[list[PostgresElection]]:
+    made: list[PostgresElection] = []
+    yield made
+    for e in made:
+        e.close()
+
+
+def make(made: list[PostgresElection], dsn: str, node: str, lease: float = 3.0) -> PostgresElection:
+    e = PostgresElection(dsn, "c", node, lease, 1.0, "failover_")
+    made.append(e)
+    return e
+
+
+def open_session(dsn: str, name: str) -> Any:
+    conn = psycopg2.connect(dsn, application_name=name)
+    conn.autocommit = True
+    return conn
+
+
+def test_one_holder_epoch_and_release(pg_dsn: str, elections: list[PostgresElection]) -> None:
+    a, b = make(elections, pg_dsn, "a"), make(elections, pg_dsn, "b")
+    assert a.try_acquire() and not b.try_acquire()
+    assert a.try_acquire()  # idempotent for the holder, no lock stacking
+    assert a.bump_epoch() == 1
+    assert b.leader().node == "a" and b.leader().epoch == 1
+    assert a.renew() and not b.renew()
+    a.release()
+    assert b.try_acquire() and b.bump_epoch() == 2
+    assert not a.renew()
+
+
+def test_lost_session_means_lost_leadership(pg_dsn: str, elections: list[PostgresElection]) -> None:
+    a = make(elections, pg_dsn, "a")
+    assert a.try_acquire()
+    admin = open_session(pg_dsn, "admin")
+    with admin.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'failover:c:a'"
+        )
+    with pytest.raises(BackendUnavailable):
+        a.renew()  # the dead connection is noticed...
+    assert a.renew() is False  # ...and a new session holds nothing
+    admin.close()
+
+
+def test_vanished_holder_is_fenced_after_a_lease(
+    pg_dsn: str, elections: list[PostgresElection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A managed server that ignores idle_session_timeout: only the standby's check frees it.
+    original = SessionTimings.server_settings
+    monkeypatch.setattr(
+        SessionTimings, "server_settings", lambda self, idle: original(self, idle_session=False)
+    )
+    a, b = make(elections, pg_dsn, "a", lease=2.0), make(elections, pg_dsn, "b", lease=2.0)
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    time.sleep(2.5)  # a is silent for longer than the lease
+    assert b.try_acquire()
+    with pytest.raises(BackendUnavailable):
+        a.renew()
+
+
+def test_fence_waits_for_older_keeper_then_terminates(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    old_keeper = open_session(pg_dsn, "failover:c:old:1:keeper")
+    old_child = open_session(pg_dsn, "failover:c:old:1")
+    same_epoch = open_session(pg_dsn, "failover:c:b:2")
+    other_cluster = open_session(pg_dsn, "failover:x:old:1:keeper")
+    b = make(elections, pg_dsn, "b", lease=2.0)
+    assert b.try_acquire()
+    for _ in range(5):  # the session server may be younger than a lease: that alone would wait
+        time.sleep(0.5)
+        assert b.renew()  # (and an idle lock session is cut off after a lease)
+    report = b.fence(2, force=False)
+    assert report.pending == 1 and "older keeper" in report.detail
+    old_keeper.close()
+    report = b.fence(2, force=False)
+    assert report.pending == 0 and report.terminated == 1  # the straggling child session
+    assert old_child.closed or _is_dead(old_child)
+    assert not _is_dead(same_epoch) and not _is_dead(other_cluster)
+    again = open_session(pg_dsn, "failover:c:old:1:keeper")
+    report = b.fence(2, force=True)
+    assert report.pending == 0 and report.terminated == 1
+    assert _is_dead(again)
+
+
+def _is_dead(conn: Any) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return False
+    except psycopg2.Error:
+        return True
+
+
+def test_fence_without_pg_signal_backend_says_how_to_fix(
+    pg_server: Any, pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    dbname = pg_dsn.rsplit("/", 1)[1]
+    admin = open_session(pg_dsn, "admin")
+    with admin.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS weak")
+        cur.execute("CREATE ROLE weak LOGIN PASSWORD 'weak-pw'")
+        cur.execute(f'GRANT ALL ON DATABASE "{dbname}" TO weak')
+        cur.execute("GRANT ALL ON SCHEMA public TO weak")
+    victim = open_session(pg_dsn, "failover:c:old:1:keeper")  # owned by the superuser
+    weak = make(elections, pg_server.dsn(dbname=dbname, user="weak", password="weak-pw"), "w")
+    assert weak.try_acquire()
+    with pytest.raises(BackendUnavailable, match="grant pg_signal_backend"):
+        weak.fence(2, force=True)
+    victim.close()
+    admin.close()
+
+
+def test_schema_creation_is_safe_concurrently(pg_dsn: str) -> None:
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        session = Session(pg_dsn, "schema", SessionTimings(10, 5))
+        try:
+            ensure_schema(session, "race_")
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+
+
+def test_fresh_server_makes_the_leader_wait(
+    pg_factory: Any, elections: list[PostgresElection]
+) -> None:
+    server = pg_factory()
+    dsn = server.create_database("fresh")
+    b = make(elections, dsn, "b", lease=30.0)
+    assert b.try_acquire()
+    report = b.fence(1, force=False)
+    assert report.pending == 1 and "absence of keepers proves nothing" in report.detail
+    assert 25 < report.wait_seconds <= 30
