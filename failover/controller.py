@@ -156,9 +156,16 @@ class Controller:
             return None
         self.backend_up = True
         if held:
-            self.self_fence_deadline = now + self.t.self_fence
+            self.self_fence_deadline = now + self._self_fence()
             self.child.extend(self.self_fence_deadline)
         return held
+
+    def _self_fence(self) -> float:
+        """How long the child may run after a proven renew; shorter if the backend says so."""
+        effective = self.backend.effective_lease()
+        if effective is None or effective >= self.t.lease:
+            return self.t.self_fence
+        return effective - (self.t.lease - self.t.self_fence)
 
     def _lead_unreachable(self, now: float) -> tuple[str, str | None]:
         left = self.self_fence_deadline - now
@@ -339,7 +346,7 @@ class Controller:
         self.backend_up = True
         self.role = Role.FENCING
         self.leader = self.node
-        self.self_fence_deadline = now + self.t.self_fence
+        self.self_fence_deadline = now + self._self_fence()
         self.fence_deadline = None
         if self.flags.switchover_to is not None:
             self.store.clear_switchover()

@@ -92,6 +92,11 @@ class ElectionBackend(abc.ABC):
     def leader(self) -> LeaderInfo:
         """The current leader, if any."""
 
+    def effective_lease(self) -> float | None:
+        """Seconds after a proven renew that leadership can survive, if the backend knows it
+        better than `lease_seconds` (ZooKeeper: the negotiated session timeout)."""
+        return None
+
     def keeper_args(self) -> list[str]:
         """Arguments that give the keeper its proof of life for this backend."""
         return []

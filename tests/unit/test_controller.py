@@ -196,3 +196,11 @@ def test_standby_with_stray_child_kills_it() -> None:
     result = rig.controller.tick()
     assert "killing it" in result.sentence
     assert rig.launcher.last.sent[-1] == "KILL"
+
+
+def test_shorter_backend_lease_shortens_the_self_fence() -> None:
+    rig = make_rig()
+    rig.backend.effective_lease = lambda: 6.0  # type: ignore[method-assign]
+    rig.controller.tick()
+    # lease 10, self_fence 9 (margin 1) -> with an effective lease of 6: 5 s after the renew.
+    assert rig.launcher.last.sent[0] == "GO 1 1005.000000"
