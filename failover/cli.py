@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,13 +65,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     from failover.status import cluster_status, render
 
     settings = _settings_from(args)
-    try:
-        status = cluster_status(settings)
-    except FailoverError as err:
-        print(f"error: cannot read cluster {settings.cluster!r}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(json.dumps(status, indent=2) if args.json else render(status))
-    return EXIT_OK if status["healthy_leader"] else EXIT_FAIL
+    while True:
+        try:
+            status = cluster_status(settings)
+        except FailoverError as err:
+            print(f"error: cannot read cluster {settings.cluster!r}: {err}", file=sys.stderr)
+            if not args.watch:
+                return EXIT_USAGE
+            status = None
+        if args.watch:
+            sys.stdout.write("\x1b[H\x1b[2J")  # refresh in place
+            print(time.strftime("%H:%M:%S"), f"every {args.interval:g} s, Ctrl-C to quit")
+        if status is not None:
+            print(json.dumps(status, indent=2) if args.json else render(status), flush=True)
+        if not args.watch:
+            return EXIT_OK if status and status["healthy_leader"] else EXIT_FAIL
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return EXIT_OK
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
@@ -142,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="cluster table: node, role, epoch, heartbeat, child")
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", "-w", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, help="--watch period (1 s)")
     status.set_defaults(func=cmd_status)
 
     switch = sub.add_parser("switchover", help="hand leadership to another candidate gracefully")

@@ -76,6 +76,7 @@ class Controller:
         self.epoch = 0
         self.leader: str | None = None
         self.self_fence_deadline = 0.0
+        self.last_renew: float | None = None
         self.fence_deadline: float | None = None
         self.fenced = 0
         self.cooldown_until = 0.0
@@ -156,6 +157,7 @@ class Controller:
             return None
         self.backend_up = True
         if held:
+            self.last_renew = now
             self.self_fence_deadline = now + self._self_fence()
             self.child.extend(self.self_fence_deadline)
         return held
@@ -346,6 +348,7 @@ class Controller:
         self.backend_up = True
         self.role = Role.FENCING
         self.leader = self.node
+        self.last_renew = now
         self.self_fence_deadline = now + self._self_fence()
         self.fence_deadline = None
         if self.flags.switchover_to is not None:

@@ -13,13 +13,17 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from failover import log
+from prometheus_client import CollectorRegistry
+
+from failover import __version__, log, publish
 from failover.child import Child, ChildPolicy
 from failover.config import Settings
 from failover.controller import Controller, Role, TickResult, Timings
 from failover.election import open_backend
 from failover.errors import FailoverError
+from failover.http import Board, Server, read_token
 from failover.launcher import KeeperLauncher
+from failover.metrics import Metrics
 
 REPEAT_SENTENCE_SECONDS = 60.0
 
@@ -73,6 +77,17 @@ class Daemon:
         self.settings = settings
         self.reload_settings = reload
         self.on_tick = on_tick
+        token = read_token(settings.http.token_file)
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(
+            self.registry, __version__, settings.backend, settings.node, settings.cluster
+        )
+        self.board = Board(settings.loop_seconds)
+        self.http: Server | None = None
+        if settings.http.listen:
+            self.http = Server(
+                settings.http.listen, self.board, self.registry, token, publish.actions(settings)
+            )
         self.backend, self.store = open_backend(settings)
         self.child = Child(KeeperLauncher(), settings.command, child_policy(settings))
         self.controller = Controller(
@@ -97,13 +112,21 @@ class Daemon:
             sig: signal.signal(sig, self._on_signal)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
-        self.log.info("daemon_started", pid=os.getpid(), backend=self.backend.name)
+        self.log.info(
+            "daemon_started",
+            pid=os.getpid(),
+            backend=self.backend.name,
+            http=f"{self.settings.http.listen} (port {self.http.port})" if self.http else "off",
+        )
+        if self.http is not None:
+            self.http.start()
         try:
             while True:
                 self._handle_signals()
+                started = boottime()
                 result = self.controller.tick()
                 self.last_tick_at = boottime()
-                self._publish(result)
+                self._publish(result, self.last_tick_at - started)
                 if self.controller.finished:
                     return 0
                 self._wait(result.wait, rd)
@@ -156,9 +179,13 @@ class Daemon:
         log.configure(new.log.format, new.log.level)
         self.log.info("config_reloaded", lease_seconds=new.lease_seconds, command=list(new.command))
 
-    def _publish(self, result: TickResult) -> None:
+    def _publish(self, result: TickResult, took: float) -> None:
         log.bind(epoch=result.epoch, role=result.role.value)
         now = boottime()
+        c, child = self.controller, self.child
+        self.board.loop_seconds = self.settings.loop_seconds
+        self.board.publish(publish.snapshot(self.settings, c, child, result, now))
+        self.metrics.observe(publish.sample(c, child, result, now, took))
         sentence, at = self.last_logged
         if result.sentence != sentence or now - at >= REPEAT_SENTENCE_SECONDS or result.transition:
             self.log.info("tick", sentence=result.sentence, transition=result.transition)
@@ -193,6 +220,8 @@ class Daemon:
                 return
 
     def _close(self) -> None:
+        if self.http is not None:
+            self.http.close()
         self.child.discard_warm()
         if not self.child.gone:
             # Only reached on an unexpected error: never leave a child behind.

@@ -73,12 +73,14 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def request_switchover(settings: Settings, to: str | None, wait: float) -> str:
-    """Ask the leader to hand over, then wait until another node leads."""
+def ask_switchover(settings: Settings, to: str | None) -> str:
+    """Check the request and record it for the leader; return the current leader."""
     before = cluster_status(settings)
     leader = before["leader"]
     if leader is None:
         raise FailoverError("no leader to switch over from; nothing to do")
+    if before["paused"]:
+        raise FailoverError("the cluster is paused; resume it first")
     if to == leader:
         raise FailoverError(f"{to} already leads; pick a standby with --to")
     standbys = [m["node"] for m in before["members"] if m["role"] == "standby"]
@@ -93,6 +95,12 @@ def request_switchover(settings: Settings, to: str | None, wait: float) -> str:
         store.request_switchover(leader, to)
     finally:
         store.close()
+    return str(leader)
+
+
+def request_switchover(settings: Settings, to: str | None, wait: float) -> str:
+    """Ask the leader to hand over, then wait until another node leads."""
+    leader = ask_switchover(settings, to)
     end = time.monotonic() + wait
     while time.monotonic() < end:
         status = cluster_status(settings)
