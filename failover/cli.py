@@ -65,6 +65,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from failover.status import cluster_status, render
 
     settings = _settings_from(args)
+    if args.interval < 0.1:
+        raise ConfigError("--interval", f"{args.interval:g} s is too short", "use 0.1 s or more")
     while True:
         try:
             status = cluster_status(settings)
