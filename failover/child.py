@@ -82,6 +82,7 @@ class Child:
         self.backoff_until = 0.0
         self.stop_requested = False
         self.stop_sent = ""
+        self.failing = ""
         self.last_event = ""
         self.warm: KeeperLink | None = None  # a keeper started in advance, waiting for GO
         self.warm_ready = False
@@ -157,6 +158,7 @@ class Child:
         self.started_at = now
         self.stop_requested = False
         self.stop_sent = ""
+        self.failing = ""
         self.last_event = "keeper launched"
 
     def extend(self, run_until: float) -> None:
@@ -169,12 +171,20 @@ class Child:
         if self.link is None or self.gone:
             return
         word = "KILL" if hard else "STOP"
-        if self.stop_requested and self.stop_sent in (word, "KILL"):
+        if self.stop_sent in (word, "KILL"):
             return  # already asked; the keeper enforces it
         self.stop_requested = True
         self.stop_sent = word
         self.link.send(word)
         self.state = ChildState.STOPPING
+
+    def fail(self, reason: str) -> None:
+        """Kill a child that runs but is unhealthy; it counts toward the crash-loop limit."""
+        if self.link is None or self.gone:
+            return
+        self.failing = reason
+        self.stop(hard=True)
+        self.stop_requested = False  # not an orderly stop: _gone() accounts it as a failure
 
     def reset_failures(self) -> None:
         """Forget the crash history (after leadership was given up and regained)."""
@@ -217,7 +227,10 @@ class Child:
             self.state = ChildState.STOPPED
             return
         ran = now - (self.started_at or now)
-        if ran < self.policy.fast_failure_seconds:
+        if self.failing:
+            self.last_event = f"child killed: {self.failing}"
+            self.fast_failures += 1  # a hang counts however long the child had run
+        elif ran < self.policy.fast_failure_seconds:
             self.fast_failures += 1
         else:
             self.fast_failures = 0  # it ran long enough: a fresh crash, not a loop

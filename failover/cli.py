@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,8 +55,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
+    from failover import airflowdb
+
     print(json.dumps(describe(settings), indent=2, default=str))
-    for warning in settings.warnings:
+    warnings = list(settings.warnings)
+    missing = airflowdb.airflow_on_path(settings.command, os.environ)
+    if missing:
+        warnings.append(f"command: {missing}")
+    warnings += airflowdb.environment_warnings(os.environ, settings.metadata_dsn is not None)
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("configuration is valid", file=sys.stderr)
     return EXIT_OK

@@ -58,6 +58,15 @@ class ZooKeeperSettings:
     ca_file: str | None = field(default=None, metadata=_doc("CA bundle for TLS"))
     cert_file: str | None = field(default=None, metadata=_doc("client certificate for TLS"))
     key_file: str | None = field(default=None, metadata=_doc("client key for TLS"))
+    retry_max_tries: int = field(
+        default=3, metadata=_doc("attempts of one call on connection loss, within the call limit")
+    )
+    retry_delay_seconds: float = field(
+        default=0.1, metadata=_doc("first delay between attempts and reconnects (doubles)")
+    )
+    retry_max_delay_seconds: float = field(
+        default=1.0, metadata=_doc("cap of the delay between attempts and reconnects")
+    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,19 @@ class HttpSettings:
 class LogSettings:
     format: str = field(default="auto", metadata=_doc("auto (console on a TTY), json or console"))
     level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+
+
+@dataclass(frozen=True)
+class AirflowSettings:
+    health_check: bool = field(
+        default=True, metadata=_doc("judge the scheduler by its job heartbeat (needs metadata DB)")
+    )
+    health_threshold_seconds: float | None = field(
+        default=None, metadata=_doc("default: Airflow's scheduler_health_check_threshold (30)")
+    )
+    startup_grace_seconds: float | None = field(
+        default=None, metadata=_doc("no hang verdict before this (default: max(60, 2 x threshold))")
+    )
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,7 @@ class Settings:
     local: LocalSettings = field(default_factory=LocalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    airflow: AirflowSettings = field(default_factory=AirflowSettings)
     warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": "1"})
 
     @property
@@ -133,6 +156,7 @@ SECTIONS: dict[str, type[Any]] = {
     "local": LocalSettings,
     "http": HttpSettings,
     "log": LogSettings,
+    "airflow": AirflowSettings,
 }
 
 
@@ -170,12 +194,14 @@ def validate(settings: Settings) -> Settings:
             "the postgres backend needs a database",
             "set [postgres] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         )
-    if s.backend == "zookeeper" and not s.zookeeper.hosts:
-        raise ConfigError(
-            "zookeeper.hosts",
-            "the zookeeper backend needs servers",
-            'set hosts = "zk1:2181,zk2:2181"',
-        )
+    if s.backend == "zookeeper":
+        _validate_zookeeper(s)
+    for name in ("health_threshold_seconds", "startup_grace_seconds"):
+        value = getattr(s.airflow, name)
+        if value is not None and value <= 0:
+            raise ConfigError(
+                f"airflow.{name}", "must be greater than 0", "give seconds, or omit it"
+            )
     if s.log.format not in LOG_FORMATS:
         raise ConfigError(
             "log.format", f"unknown format {s.log.format!r}", f"use one of {LOG_FORMATS}"
@@ -222,4 +248,73 @@ def _validate_timings(s: Settings) -> None:
             f"the child would be killed {s.self_fence_seconds:g} s after a renew, before the next "
             f"renew can finish ({s.loop_seconds + s.backend_timeout_seconds:g} s)",
             "lower self_fence_margin_seconds or raise lease_seconds",
+        )
+
+
+def zookeeper_session_seconds(s: Settings) -> float:
+    """The session timeout to request from ZooKeeper (the server may grant another)."""
+    return s.zookeeper.session_timeout_seconds or s.lease_seconds
+
+
+def _validate_zookeeper(s: Settings) -> None:
+    zk = s.zookeeper
+    _validate_zk_hosts(zk.hosts)
+    session = zookeeper_session_seconds(s)
+    if zk.session_timeout_seconds is not None and not 0 < session <= 300:
+        raise ConfigError(
+            "zookeeper.session_timeout_seconds", "must be above 0 and at most 300", "e.g. 10"
+        )
+    renew_window = s.loop_seconds + s.backend_timeout_seconds + s.self_fence_margin_seconds
+    if session <= renew_window:
+        raise ConfigError(
+            "zookeeper.session_timeout_seconds",
+            f"a {session:g} s session leaves no time to renew: loop_seconds + "
+            f"backend_timeout_seconds + self_fence_margin_seconds = {renew_window:g} s",
+            "raise it (or lease_seconds), or lower those",
+        )
+    if zk.retry_max_tries < 1 or zk.retry_max_tries > 100:
+        raise ConfigError("zookeeper.retry_max_tries", "must be 1 to 100", "e.g. 3")
+    if zk.retry_delay_seconds <= 0 or zk.retry_max_delay_seconds < zk.retry_delay_seconds:
+        raise ConfigError(
+            "zookeeper.retry_max_delay_seconds",
+            "delays must be positive and the cap not below the first delay",
+            "e.g. retry_delay_seconds = 0.1, retry_max_delay_seconds = 1",
+        )
+    if zk.retry_max_delay_seconds > session / 3:
+        raise ConfigError(
+            "zookeeper.retry_max_delay_seconds",
+            f"{zk.retry_max_delay_seconds:g} s between reconnects is over a third of the "
+            f"{session:g} s session: the session could expire while the client waits",
+            f"use <= {session / 3:.2f}",
+        )
+    _validate_zk_tls(zk)
+
+
+def _validate_zk_hosts(hosts: str | None) -> None:
+    example = 'e.g. hosts = "zk1:2181,zk2:2181/airflow"'
+    if not hosts or not hosts.strip():
+        raise ConfigError("zookeeper.hosts", "the zookeeper backend needs servers", example)
+    servers, slash, chroot = hosts.strip().partition("/")
+    path = f"/{chroot}"
+    if slash and (path.endswith("/") or "//" in path or any(c.isspace() for c in path)):
+        raise ConfigError("zookeeper.hosts", f"bad chroot '/{chroot}'", example)
+    for server in (part.strip() for part in servers.split(",")):
+        host, colon, port = server.rpartition(":")
+        if not colon or server.endswith("]"):
+            host, colon, port = server, "", ""
+        if not host or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)
+
+
+def _validate_zk_tls(zk: ZooKeeperSettings) -> None:
+    for name in ("ca_file", "cert_file", "key_file"):
+        if getattr(zk, name) and not zk.use_ssl:
+            raise ConfigError(
+                f"zookeeper.{name}", "is set but use_ssl is false", "set use_ssl = true or drop it"
+            )
+    if bool(zk.cert_file) != bool(zk.key_file):
+        raise ConfigError(
+            "zookeeper.cert_file" if zk.key_file else "zookeeper.key_file",
+            "a client certificate needs its key and the key its certificate",
+            "set both cert_file and key_file, or neither",
         )

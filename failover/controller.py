@@ -13,6 +13,7 @@ from failover import __version__
 from failover.child import Child, ChildState, child_env
 from failover.election.base import ClusterFlags, ElectionBackend, MemberState, MemberStore
 from failover.errors import BackendUnavailable, ChildError
+from failover.health import Health, HealthPolicy, JobSource, Verdict, judge
 
 FAST_TICK = 0.02
 
@@ -63,6 +64,8 @@ class Controller:
         clock: Callable[[], float],
         timings: Timings,
         base_env: Mapping[str, str],
+        health: JobSource | None = None,
+        health_policy: HealthPolicy | None = None,
     ) -> None:
         self.cluster = cluster
         self.node = node
@@ -72,6 +75,10 @@ class Controller:
         self.clock = clock
         self.t = timings
         self.base_env = dict(base_env)
+        self.health = health
+        self.health_policy = health_policy or HealthPolicy(threshold=30.0, startup_grace=60.0)
+        self.verdict = Verdict(Health.UNKNOWN, "no health check")
+        self.job_baseline: int | None = None
         self.role = Role.STANDBY
         self.epoch = 0
         self.leader: str | None = None
@@ -225,6 +232,12 @@ class Controller:
             self.child.warm_retry_at = now + self.t.lease
 
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
+        self.job_baseline = None
+        if self.health is not None:
+            try:
+                self.job_baseline = self.health.baseline()
+            except BackendUnavailable as err:
+                self.verdict = Verdict(Health.UNKNOWN, f"no health check: {err}")
         try:
             self.child.start(
                 now, self.epoch, self.self_fence_deadline, self._keeper_env(), self._keeper_args()
@@ -252,7 +265,26 @@ class Controller:
             return f"leader with epoch {self.epoch}: child crashed, restart in {wait:.1f} s", None
         if child.may_start(now):
             return self._start_child(now, f"child {child.last_event or 'not running'}; ")
+        if child.state is ChildState.STOPPING:
+            return f"leader with epoch {self.epoch}: waiting for the old child to exit", None
+        if child.state is ChildState.RUNNING and self._check_health(now) is Health.HUNG:
+            child.fail(self.verdict.detail)
+            return f"leader with epoch {self.epoch}: {self.verdict.detail}: killing the child", None
         return f"no action: I am the leader with epoch {self.epoch}", None
+
+    def _check_health(self, now: float) -> Health:
+        """Judge the running child by its Airflow job heartbeat; UNKNOWN never kills."""
+        if self.health is None or self.job_baseline is None:
+            self.verdict = Verdict(Health.UNKNOWN, "process liveness only")
+            return Health.UNKNOWN
+        try:
+            row = self.health.newest(self.job_baseline)
+        except BackendUnavailable as err:
+            self.verdict = Verdict(Health.UNKNOWN, f"cannot read the job table: {err}")
+            return Health.UNKNOWN
+        running_for = now - (self.child.started_at or now)
+        self.verdict = judge(row, running_for, self.health_policy)
+        return self.verdict.health
 
     def _switchover_wanted(self) -> tuple[str, str | None] | None:
         target = self.flags.switchover_to

@@ -15,12 +15,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from failover import __version__, log, publish
+from failover import __version__, airflowdb, log, publish
 from failover.child import Child, ChildPolicy
 from failover.config import Settings
 from failover.controller import Controller, Role, TickResult, Timings
 from failover.election import open_backend
-from failover.errors import FailoverError
+from failover.errors import ConfigError, FailoverError
+from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
 from failover.launcher import KeeperLauncher
 from failover.metrics import Metrics
@@ -51,6 +52,25 @@ def child_policy(settings: Settings) -> ChildPolicy:
     )
 
 
+def health_policy(settings: Settings) -> HealthPolicy:
+    threshold = settings.airflow.health_threshold_seconds or airflowdb.health_threshold(os.environ)
+    grace = settings.airflow.startup_grace_seconds or max(60.0, 2 * threshold)
+    return HealthPolicy(threshold=threshold, startup_grace=grace)
+
+
+def _health_source(settings: Settings) -> airflowdb.JobTable | None:
+    if not settings.airflow.health_check or not settings.metadata_dsn:
+        return None
+    return airflowdb.JobTable(
+        settings.metadata_dsn,
+        settings.cluster,
+        settings.node,
+        settings.backend_timeout_seconds,
+        airflowdb.expected_hostname(os.environ),
+        lambda text: log.get().warning("health_warning", warning=text),
+    )
+
+
 # Settings a running daemon cannot take over without a restart.
 RESTART_ONLY = (
     "cluster",
@@ -62,6 +82,7 @@ RESTART_ONLY = (
     "zookeeper",
     "local",
     "http",
+    "airflow",
 )
 
 
@@ -88,7 +109,11 @@ class Daemon:
             self.http = Server(
                 settings.http.listen, self.board, self.registry, token, publish.actions(settings)
             )
+        missing = airflowdb.airflow_on_path(settings.command, os.environ)
+        if missing:
+            raise ConfigError("command", missing, "install it or fix the command")
         self.backend, self.store = open_backend(settings)
+        self.health = _health_source(settings)
         self.child = Child(KeeperLauncher(), settings.command, child_policy(settings))
         self.controller = Controller(
             cluster=settings.cluster,
@@ -99,6 +124,8 @@ class Daemon:
             clock=boottime,
             timings=timings(settings),
             base_env=os.environ,
+            health=self.health,
+            health_policy=health_policy(settings),
         )
         self.log = log.get()
         self.signals: list[int] = []
@@ -236,6 +263,8 @@ class Daemon:
                 self.backend.release()
             except FailoverError:
                 pass
+        if self.health is not None:
+            self.health.close()
         self.store.close()
         self.backend.close()
 

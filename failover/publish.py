@@ -54,6 +54,8 @@ def snapshot(
             "last_exit_code": child.exit_code,
             "last_event": child.last_event,
             "warm_keeper": child.warm is not None,
+            "health": c.verdict.health.value,
+            "health_detail": c.verdict.detail,
         },
         "timings": {
             "lease_seconds": settings.lease_seconds,

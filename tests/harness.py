@@ -122,6 +122,8 @@ class Cluster:
     cluster: str = "t"
     tag: str = field(default_factory=lambda: f"probe-{uuid.uuid4().hex[:10]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    command: tuple[str, ...] = ()  # the child; default: the probe
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def records(self) -> Path:
@@ -142,6 +144,8 @@ class Cluster:
         }
         for key, value in merged.items():
             argv += ["--set", f"{key}={value}"]
+        if self.command:
+            return [*argv, "--", *self.command]
         probe = [sys.executable, PROBE, "--tag", self.tag, "--record", str(self.records)]
         return [*argv, "--", *probe, *self.probe_args]
 
@@ -153,7 +157,7 @@ class Cluster:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **self.env, **(env or {})},
         )
         log.close()
         self.procs[node] = proc
@@ -284,3 +288,55 @@ class DbSampler:
         assert not self.violations, "sessions of two epochs at once:\n" + "\n".join(
             self.violations[:5]
         )
+
+
+def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
+    """keeper pid -> (node, live processes of its child tree) for every keeper of `cluster`
+    that has a child. Found by the keeper's command line and the child tree's session and
+    descent (Airflow rewrites its processes' titles and environment, so those cannot be used).
+    """
+    from failover import proctree
+
+    marker = f"failover:{cluster}:".encode()
+    trees: dict[int, tuple[str, set[int]]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"failover.keeper" not in argv or b"--name" not in argv:
+            continue
+        label = argv[argv.index(b"--name") + 1]
+        if not label.startswith(marker):
+            continue
+        pid = int(name)
+        members = proctree.tree_members(pid, [pid])
+        if members:
+            trees[pid] = (label.decode().rsplit(":", 1)[1], members)
+    return trees
+
+
+def cluster_processes(cluster: str) -> dict[int, dict[str, str]]:
+    """pid -> {node, epoch: keeper pid} of live child-tree processes of `cluster`."""
+    out: dict[int, dict[str, str]] = {}
+    for keeper, (node, members) in keeper_trees(cluster).items():
+        for pid in members:
+            out[pid] = {"node": node, "epoch": f"keeper-{keeper}"}
+    return out
+
+
+@dataclass
+class EnvSampler(Sampler):
+    """Like Sampler, but finds the child trees of a cluster by environment (any command)."""
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            procs = cluster_processes(self.tag)
+            owners = {(p["node"], p["epoch"]) for p in procs.values()}
+            self.epochs_seen |= {p["epoch"] for p in procs.values()}
+            self.samples += 1
+            if len(owners) > 1:
+                self.violations.append(f"{time.monotonic():.3f}: {sorted(owners)}")

@@ -221,3 +221,26 @@ def make_rig(
         base_env={"PATH": "/bin"},
     )
     return Rig(controller, backend, store, launcher, clock, log, child)
+
+
+class FakeJobs:
+    """A job table: the test sets the newest row; `down` makes reads fail."""
+
+    def __init__(self) -> None:
+        self.row: object = None
+        self.base = 41
+        self.down = False
+        self.asked_after: list[int] = []
+
+    def baseline(self) -> int:
+        if self.down:
+            raise BackendUnavailable("job table unreachable")
+        job_id = getattr(self.row, "job_id", 0)
+        self.base = max(self.base, job_id)
+        return self.base
+
+    def newest(self, after_id: int) -> object:
+        if self.down:
+            raise BackendUnavailable("job table unreachable")
+        self.asked_after.append(after_id)
+        return self.row if getattr(self.row, "job_id", 0) > after_id else None

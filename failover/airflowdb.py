@@ -1,0 +1,149 @@
+"""Airflow's side of the metadata DB: the scheduler's `job` rows, and Airflow's own settings.
+
+Read-only; works with the Airflow 2.7+ and 3.x `job` table shape.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from failover.errors import BackendUnavailable
+from failover.health import JobRow
+from failover.pg import Session, SessionTimings
+
+DEFAULT_THRESHOLD = 30.0
+JOB_COLUMNS = {"id", "job_type", "state", "hostname", "latest_heartbeat"}
+
+
+def airflow_setting(env: Mapping[str, str], section: str, key: str) -> str | None:
+    """An Airflow setting from `AIRFLOW__SECTION__KEY` or `$AIRFLOW_HOME/airflow.cfg`."""
+    value = env.get(f"AIRFLOW__{section.upper()}__{key.upper()}")
+    if value is not None:
+        return value
+    home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    cfg = configparser.ConfigParser(interpolation=None)
+    try:
+        cfg.read(home / "airflow.cfg", encoding="utf-8")
+    except (OSError, configparser.Error):
+        return None
+    return cfg.get(section, key, fallback=None)
+
+
+def health_threshold(env: Mapping[str, str]) -> float:
+    raw = airflow_setting(env, "scheduler", "scheduler_health_check_threshold")
+    try:
+        return float(raw) if raw else DEFAULT_THRESHOLD
+    except ValueError:
+        return DEFAULT_THRESHOLD
+
+
+class JobTable:
+    """`job` rows of SchedulerJobs, on a session of its own."""
+
+    def __init__(
+        self,
+        dsn: str,
+        cluster: str,
+        node: str,
+        timeout: float,
+        hostname: str | None,
+        on_warning: Callable[[str], None],
+    ) -> None:
+        self.session = Session(
+            dsn,
+            f"failover:{cluster}:{node}:health",
+            SessionTimings(30.0, timeout),
+            False,
+            on_warning,
+        )
+        self.hostname = hostname
+        self.warn = on_warning
+        self.usable: bool | None = None  # None: not checked yet
+
+    def _check_schema(self) -> bool:
+        if self.usable is None:
+            rows = self.session.query(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'job' AND table_schema = current_schema()"
+            )
+            missing = JOB_COLUMNS - {str(r[0]) for r in rows}
+            self.usable = not missing
+            if missing:
+                self.warn(
+                    f"Airflow's job table is missing or unknown (no {', '.join(sorted(missing))}): "
+                    "scheduler health falls back to process liveness"
+                )
+        return self.usable
+
+    def baseline(self) -> int:
+        if not self._check_schema():
+            raise BackendUnavailable("no usable Airflow job table")
+        rows = self.session.query("SELECT coalesce(max(id), 0) FROM job")
+        return int(rows[0][0])
+
+    def newest(self, after_id: int) -> JobRow | None:
+        if not self._check_schema():
+            raise BackendUnavailable("no usable Airflow job table")
+        sql = (
+            "SELECT id, hostname, EXTRACT(EPOCH FROM now() - latest_heartbeat)::float8 FROM job "
+            "WHERE job_type = 'SchedulerJob' AND state = 'running' AND id > %s"
+        )
+        params: tuple[object, ...] = (after_id,)
+        if self.hostname:
+            sql += " AND hostname = %s"
+            params = (after_id, self.hostname)
+        rows = self.session.query(sql + " ORDER BY id DESC LIMIT 1", params)
+        if not rows:
+            return None
+        job_id, hostname, age = rows[0]
+        return JobRow(int(job_id), str(hostname), float(age) if age is not None else 1e9)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def expected_hostname(env: Mapping[str, str]) -> str | None:
+    """The hostname Airflow will record, when we can know it (default callable only)."""
+    callable_path = airflow_setting(env, "core", "hostname_callable")
+    if callable_path and callable_path.replace(":", ".") not in (
+        "socket.getfqdn",
+        "airflow.utils.net.getfqdn",
+    ):
+        return None  # the user's own callable: match by job id only
+    import socket
+
+    return socket.getfqdn()
+
+
+def environment_warnings(env: Mapping[str, str], has_metadata_db: bool) -> list[str]:
+    """Airflow settings an operator should hear about on a candidate master."""
+    out: list[str] = []
+    broker = airflow_setting(env, "celery", "broker_url") or ""
+    if any(h in broker for h in ("localhost", "127.0.0.1", "[::1]")):
+        out.append(
+            "AIRFLOW__CELERY__BROKER_URL points at this host: brokers belong on their own "
+            "cluster, or losing this candidate loses the queue too"
+        )
+    locking = (airflow_setting(env, "scheduler", "use_row_level_locking") or "true").lower()
+    if has_metadata_db and locking in ("true", "1", "yes"):
+        out.append(
+            "the metadata DB is PostgreSQL with row-level locking: Airflow could run several "
+            "schedulers safely; failover still keeps exactly one (predictable load)"
+        )
+    return out
+
+
+def airflow_on_path(command: list[str] | tuple[str, ...], env: Mapping[str, str]) -> str | None:
+    """An error text when the command's program cannot be found, else None."""
+    import shutil
+
+    program = command[0]
+    if os.sep in program:
+        return None if os.access(program, os.X_OK) else f"{program} is not an executable file"
+    if shutil.which(program, path=env.get("PATH")) is None:
+        hint = " (pip install apache-airflow)" if program == "airflow" else ""
+        return f"{program!r} is not on PATH{hint}; set command to its full path"
+    return None

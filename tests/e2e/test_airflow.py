@@ -1,0 +1,238 @@
+"""Real `airflow scheduler` (2.11.2) supervised by two candidates on PostgreSQL.
+
+Faults: kill -9 of the leader's daemon, SIGSTOP of the leader's scheduler (hang), graceful
+stop. Each time a new scheduler heartbeats, no task runs twice for one logical date, and at
+no sample do live schedulers of two nodes heartbeat at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from ..harness import Cluster, EnvSampler, cluster_processes, keeper_trees, wait_until
+from .conftest import AirflowDb
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class JobSampler:
+    """Every 100 ms: fresh running SchedulerJob rows whose node still has live processes."""
+
+    dsn: str
+    cluster: str
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        try:
+            while not self._stop.wait(0.1):
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT DISTINCT hostname FROM job WHERE job_type = 'SchedulerJob' "
+                        "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'"
+                    )
+                    fresh = {r[0] for r in cur.fetchall()}
+                alive = {p["node"] for p in cluster_processes(self.cluster).values()}
+                both = fresh & alive
+                self.samples += 1
+                if len(both) > 1:
+                    self.violations.append(f"{time.monotonic():.2f}: heartbeating {sorted(both)}")
+        finally:
+            conn.close()
+
+    def __enter__(self) -> JobSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def assert_clean(self) -> None:
+        assert self.samples > 0
+        assert not self.violations, "\n".join(self.violations[:5])
+
+
+@pytest.fixture
+def candidates(airflow_db: AirflowDb, tmp_path: Path) -> Iterator[Cluster]:
+    cluster = f"e2e{uuid.uuid4().hex[:6]}"
+    c = Cluster(
+        tmp_path / "daemons",
+        nodes=("m1", "m2"),
+        cluster=cluster,
+        settings={
+            "backend": "postgres",
+            "lease_seconds": "5",
+            "loop_seconds": "0.5",
+            "backend_timeout_seconds": "1",
+            "self_fence_margin_seconds": "1",
+            "stop_timeout_seconds": "20",
+            "airflow.startup_grace_seconds": "40",
+            "max_fast_failures": "3",
+        },
+        command=(airflow_db.binary, "scheduler", "--skip-serve-logs"),
+        env=airflow_db.env(),
+    )
+    yield c
+    c.stop_all(timeout=40)
+    wait_until(lambda: not cluster_processes(cluster), 20, "no Airflow process left")
+
+
+def keeper_children(keeper: int) -> list[int]:
+    with open(f"/proc/{keeper}/task/{keeper}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def heartbeating(dsn: str, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT hostname FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
+                "AND latest_heartbeat > now() - interval '2 seconds' ORDER BY id DESC LIMIT 1"
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return row[0] if row and row[0] not in exclude else None
+
+
+def scheduler_job_ids(dsn: str) -> set[int]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM job WHERE job_type = 'SchedulerJob'")
+            return {r[0] for r in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def assert_no_task_ran_twice(db: AirflowDb) -> None:
+    runs = (
+        [line.split()[0] for line in db.records.read_text().splitlines()]
+        if db.records.exists()
+        else []
+    )
+    doubled = [run for run, n in Counter(runs).items() if n > 1]
+    assert not doubled, f"tasks ran twice for {doubled}"
+    conn = psycopg2.connect(db.dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT run_id, try_number FROM task_instance WHERE try_number > 1")
+            assert cur.fetchall() == []
+    finally:
+        conn.close()
+
+
+def leader_ready(c: Cluster, db: AirflowDb, exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    node: str = wait_until(
+        lambda: heartbeating(db.dsn, exclude), 90, "a heartbeating scheduler", 0.2
+    )
+    wait_until(
+        lambda: db.records.exists() and db.records.read_text().strip(), 90, "a task run", 0.5
+    )
+    return node
+
+
+def test_kill9_leader_daemon(candidates: Cluster, airflow_db: AirflowDb) -> None:
+    with (
+        EnvSampler(candidates.cluster) as procs,
+        JobSampler(airflow_db.dsn, candidates.cluster) as jobs,
+    ):
+        candidates.start_all()
+        leader = leader_ready(candidates, airflow_db)
+        t0 = time.monotonic()
+        candidates.signal(leader, signal.SIGKILL)
+        new = wait_until(
+            lambda: heartbeating(airflow_db.dsn, {leader}), 60, "the standby's scheduler", 0.1
+        )
+        took = time.monotonic() - t0
+        assert new != leader
+        lines = len(airflow_db.records.read_text().splitlines())
+        wait_until(
+            lambda: len(airflow_db.records.read_text().splitlines()) > lines,
+            60,
+            "tasks after the takeover",
+            0.5,
+        )
+    procs.assert_clean()
+    jobs.assert_clean()
+    assert_no_task_ran_twice(airflow_db)
+    assert took < 30, took
+    print(f"\nkill -9 daemon -> new scheduler heartbeat: {took:.2f} s", file=sys.stderr)
+
+
+def test_hung_scheduler_is_killed_and_restarted(candidates: Cluster, airflow_db: AirflowDb) -> None:
+    with (
+        EnvSampler(candidates.cluster) as procs,
+        JobSampler(airflow_db.dsn, candidates.cluster) as jobs,
+    ):
+        candidates.start_all()
+        leader = leader_ready(candidates, airflow_db)
+        before = scheduler_job_ids(airflow_db.dsn)
+        (keeper,) = [
+            k for k, (node, _) in keeper_trees(candidates.cluster).items() if node == leader
+        ]
+        scheduler = min(keeper_children(keeper))  # the keeper's own child: the scheduler
+        os.kill(scheduler, signal.SIGSTOP)
+        t0 = time.monotonic()
+        wait_until(
+            lambda: any("killing the child" in s for s in candidates.sentences(leader)),
+            30,
+            "the hang verdict",
+        )
+        # A new scheduler job (same node after a restart, or the standby) heartbeats again.
+        wait_until(
+            lambda: (
+                heartbeating(airflow_db.dsn) is not None
+                and scheduler_job_ids(airflow_db.dsn) - before
+            ),
+            60,
+            "a new scheduler job heartbeating",
+            0.2,
+        )
+        took = time.monotonic() - t0
+    procs.assert_clean()
+    jobs.assert_clean()
+    assert_no_task_ran_twice(airflow_db)
+    print(f"\nhung scheduler -> new scheduler heartbeat: {took:.2f} s", file=sys.stderr)
+
+
+def test_graceful_stop_hands_over(candidates: Cluster, airflow_db: AirflowDb) -> None:
+    with (
+        EnvSampler(candidates.cluster) as procs,
+        JobSampler(airflow_db.dsn, candidates.cluster) as jobs,
+    ):
+        candidates.start_all()
+        leader = leader_ready(candidates, airflow_db)
+        t0 = time.monotonic()
+        candidates.signal(leader, signal.SIGTERM)
+        assert candidates.procs[leader].wait(timeout=60) == 0
+        new = wait_until(
+            lambda: heartbeating(airflow_db.dsn, {leader}), 60, "the standby's scheduler", 0.1
+        )
+        took = time.monotonic() - t0
+        assert new != leader
+    procs.assert_clean()
+    jobs.assert_clean()
+    assert_no_task_ran_twice(airflow_db)
+    print(f"\ngraceful stop -> new scheduler heartbeat: {took:.2f} s", file=sys.stderr)

@@ -1,0 +1,65 @@
+"""Reading Airflow's `job` table on a real PostgreSQL (the table made by hand, Airflow's shape)."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from failover.airflowdb import JobTable
+from failover.errors import BackendUnavailable
+
+pytestmark = pytest.mark.integration
+
+JOB_DDL = """
+CREATE TABLE job (
+    id serial PRIMARY KEY, dag_id varchar(250), state varchar(20), job_type varchar(30),
+    start_date timestamptz, end_date timestamptz, latest_heartbeat timestamptz,
+    executor_class varchar(500), hostname varchar(500), unixname varchar(1000))
+"""
+
+
+def execute(dsn: str, sql: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def test_rows_after_the_baseline_by_hostname(pg_dsn: str) -> None:
+    execute(pg_dsn, JOB_DDL)
+    execute(
+        pg_dsn,
+        "INSERT INTO job (job_type, state, hostname, latest_heartbeat) VALUES "
+        "('SchedulerJob', 'running', 'old', now() - interval '50 seconds')",
+    )
+    warnings: list[str] = []
+    table = JobTable(pg_dsn, "c", "n", 2.0, "me", warnings.append)
+    try:
+        base = table.baseline()
+        assert base == 1 and table.newest(base) is None
+        execute(
+            pg_dsn,
+            "INSERT INTO job (job_type, state, hostname, latest_heartbeat) VALUES "
+            "('SchedulerJob', 'running', 'other', now()), "
+            "('SchedulerJob', 'running', 'me', now() - interval '3 seconds'), "
+            "('LocalTaskJob', 'running', 'me', now())",
+        )
+        row = table.newest(base)
+        assert row is not None and row.job_id == 3 and row.hostname == "me"
+        assert 2.5 < row.heartbeat_age < 10
+        assert warnings == []
+    finally:
+        table.close()
+
+
+def test_unknown_schema_warns_and_falls_back(pg_dsn: str) -> None:
+    execute(pg_dsn, "CREATE TABLE job (id serial PRIMARY KEY, something text)")
+    warnings: list[str] = []
+    table = JobTable(pg_dsn, "c", "n", 2.0, None, warnings.append)
+    try:
+        with pytest.raises(BackendUnavailable, match="no usable Airflow job table"):
+            table.baseline()
+        assert len(warnings) == 1 and "falls back to process liveness" in warnings[0]
+    finally:
+        table.close()
