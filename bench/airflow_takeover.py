@@ -1,0 +1,152 @@
+"""Real Airflow 2.11.2 under two candidates on PostgreSQL: time from the fault to the new
+scheduler's first `job` row (its start_date = first heartbeat), DB clock on both ends.
+
+    python bench/airflow_takeover.py [--runs 5]    (needs scripts/test's Airflow venv)
+
+Scenarios: kill9 (leader daemon SIGKILLed), graceful (leader daemon SIGTERMed),
+hang (leader's scheduler SIGSTOPped; health threshold 6 s, heartbeat every 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg2
+
+from tests.e2e.conftest import AirflowDb, airflow_binary
+from tests.harness import Cluster, keeper_trees, wait_until
+from tests.servers import PostgresServer
+
+
+def db_now(dsn: str) -> Any:
+    return query(dsn, "SELECT now()")[0][0]
+
+
+def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def newest_job(dsn: str) -> tuple[int, str, Any] | None:
+    rows = query(
+        dsn,
+        "SELECT id, hostname, start_date FROM job WHERE job_type = 'SchedulerJob' "
+        "AND state = 'running' ORDER BY id DESC LIMIT 1",
+    )
+    return rows[0] if rows else None
+
+
+def one_run(c: Cluster, db: AirflowDb, scenario: str) -> float:
+    before = wait_until(lambda: newest_job(db.dsn), 120, "a running scheduler", 0.2)
+    leader = before[1]
+    if scenario == "hang":
+        (keeper,) = [k for k, (node, _) in keeper_trees(c.cluster).items() if node == leader]
+        with open(f"/proc/{keeper}/task/{keeper}/children") as f:
+            target = min(int(p) for p in f.read().split())
+        os.kill(target, signal.SIGSTOP)
+    else:
+        c.signal(leader, signal.SIGKILL if scenario == "kill9" else signal.SIGTERM)
+    fault_at = db_now(db.dsn)
+    new = wait_until(
+        lambda: (j := newest_job(db.dsn)) and j[0] > before[0] and j, 120, "a new scheduler", 0.05
+    )
+    took = (new[2] - fault_at).total_seconds()
+    if scenario != "hang":
+        c.procs[leader].wait(timeout=60)
+        c.start(leader)
+    return took
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--scenarios", default="kill9,graceful,hang")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "airflow.md"))
+    args = p.parse_args()
+    server = PostgresServer()
+    server.start()
+    lines = [
+        f"Real Airflow 2.11.2, fault -> new scheduler's first job row, seconds "
+        f"({os.cpu_count()} cores, lease 5 s, {time.strftime('%Y-%m-%d')})",
+        "",
+        "| scenario | runs | min | median | max |",
+        "|---|---|---|---|---|",
+    ]
+    try:
+        for scenario in args.scenarios.split(","):
+            values = bench(server, scenario, args.runs)
+            lines.append(
+                f"| {scenario} | {len(values)} | {min(values):.2f} | "
+                f"{statistics.median(values):.2f} | {max(values):.2f} |"
+            )
+            print(lines[-1], flush=True)
+    finally:
+        server.close()
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print("\n" + text)
+    return 0
+
+
+def bench(server: PostgresServer, scenario: str, runs: int) -> list[float]:
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="bench-af-") as tmp:
+        dsn = server.create_database(f"af_{uuid.uuid4().hex[:8]}")
+        db = AirflowDb(airflow_binary(), dsn, Path(tmp) / "home", Path(tmp) / "records.log")
+        db.home.mkdir()
+        subprocess.run(
+            [db.binary, "db", "migrate"],
+            env={**os.environ, **db.env()},
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
+        c = Cluster(
+            Path(tmp) / "daemons",
+            nodes=("m1", "m2"),
+            cluster=f"b{uuid.uuid4().hex[:6]}",
+            settings={
+                "backend": "postgres",
+                "lease_seconds": "5",
+                "loop_seconds": "0.5",
+                "backend_timeout_seconds": "1",
+                "self_fence_margin_seconds": "1",
+                "stop_timeout_seconds": "20",
+                "airflow.startup_grace_seconds": "40",
+                "max_fast_failures": "10",
+            },
+            command=(db.binary, "scheduler", "--skip-serve-logs"),
+            env=db.env(),
+        )
+        try:
+            c.start_all()
+            values = []
+            for _ in range(runs):
+                values.append(one_run(c, db, scenario))
+                time.sleep(1.0)
+            return values
+        finally:
+            c.stop_all(timeout=40)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

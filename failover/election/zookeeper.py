@@ -1,0 +1,387 @@
+"""ZooKeeper election: ephemeral sequential contenders, the lowest leads, each watches its predecessor.
+
+Epoch: a counter bumped by compare-and-set. Breadcrumb `leader`: last leader, and (mtime) its last proof.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import KazooState
+
+from failover.config import Settings
+from failover.election.base import (
+    ClusterFlags,
+    ElectionBackend,
+    FenceReport,
+    LeaderInfo,
+    MemberRecord,
+    MemberState,
+    MemberStore,
+)
+from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
+from failover.zkstore import ZkStore, dump, load, zk_options
+
+PREFIX = "c_"  # contender nodes: c_<node>_<10-digit sequence>
+SEQ_DIGITS = 10
+EPOCH_TRIES = 10
+EXPIRY_GRACE = 2.0  # beyond a session timeout, a same-named node must belong to a live session
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    node: str
+    seq: int
+
+    @classmethod
+    def parse(cls, name: str) -> Contender | None:
+        seq, sep = name[-SEQ_DIGITS:], name[-SEQ_DIGITS - 1 : -SEQ_DIGITS]
+        if not name.startswith(PREFIX) or sep != "_" or not seq.isdigit():
+            return None
+        node = name[len(PREFIX) : -SEQ_DIGITS - 1]
+        return cls(name, node, int(seq)) if node else None
+
+
+@dataclass(frozen=True)
+class Breadcrumb:
+    """A leader on record, and when (server ms) it last proved its lease."""
+
+    node: str | None
+    epoch: int
+    token: str
+    lease_ms: int  # its child was dead by proved_at_ms + lease_ms if it did not renew
+    released: bool
+    proved_at_ms: int
+
+    @classmethod
+    def parse(cls, info: Any, proved_at_ms: int) -> Breadcrumb | None:
+        if not isinstance(info, dict) or not info.get("node"):
+            return None
+        return cls(
+            node=str(info["node"]),
+            epoch=int(info.get("epoch", 0)),
+            token=str(info.get("token", "")),
+            lease_ms=int(info.get("lease_ms", 0)),
+            released=bool(info.get("released")),
+            proved_at_ms=int(info.get("proved_at_ms", proved_at_ms)),
+        )
+
+
+def keeper_deadline_left(previous: Breadcrumb, server_now_ms: int, fallback_lease: float) -> float:
+    """Seconds until the previous leader's keeper deadline surely passed (<= 0: it has).
+
+    That child ran at most until its last proof (the breadcrumb write) + its lease bound;
+    the proof precedes now, so never more than one lease from now (guards clock steps)."""
+    lease_ms = previous.lease_ms if previous.lease_ms > 0 else int(fallback_lease * 1000)
+    left = (previous.proved_at_ms + lease_ms - server_now_ms) / 1000
+    return min(left, lease_ms / 1000)
+
+
+def _ok(results: list[Any]) -> bool:
+    return not any(isinstance(r, Exception) for r in results)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ZooKeeperElection(ElectionBackend):
+    """Leadership = our contender node is the lowest of the cluster, in our live session."""
+
+    name = "zookeeper"
+
+    def __init__(
+        self,
+        store: ZkStore,
+        lease_seconds: float,
+        min_session_seconds: float,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = store.client
+        self.node = store.options.node
+        self.cluster = store.options.cluster
+        self.lease = lease_seconds
+        self.min_session = min_session_seconds
+        self.warn = on_warning or (lambda _: None)
+        self.token = secrets.token_hex(8)  # this incarnation: tells our own nodes from others'
+        self.host = socket.gethostname()
+        self.started_at = time.time()
+        self.contender: Contender | None = None
+        self.contender_session: int | None = None
+        self.given_up: set[str] = set()  # our contender names to delete, never to adopt
+        self.leading_session: int | None = None
+        self.epoch = 0
+        self.crumb_version: int | None = None
+        self.previous: Breadcrumb | None = None
+        self.bumped_at: tuple[int, float] = (0, 0.0)  # (server ms, monotonic) of the bump
+        self.same_name_seen: dict[str, float] = {}
+        self.checked_session: float | None = None
+        if store.start(store.options.call_timeout):
+            try:  # refuse a duplicate node name before the daemon starts
+                self._register(self._session())
+            except BackendUnavailable:
+                pass  # try_acquire registers
+
+    # -- session ----------------------------------------------------------------------------
+    def _session(self) -> int:
+        """Our live session id; refuses a granted session timeout too short to lead with."""
+        sid = self.store.session_id()
+        if sid is None or self.client.state != KazooState.CONNECTED:
+            raise BackendUnavailable(f"not connected to ZooKeeper (state {self.store.state})")
+        granted = self.store.negotiated
+        if granted is not None and granted != self.checked_session:
+            requested = self.store.options.session_timeout
+            if granted <= self.min_session:
+                raise ConfigError(
+                    "zookeeper.session_timeout_seconds",
+                    f"the servers granted a {granted:g} s session (asked {requested:g} s): no "
+                    f"time to renew within loop + backend timeout + margin = {self.min_session:g} s",
+                    "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
+                )
+            if abs(granted - requested) > 0.001:
+                self.warn(
+                    f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s "
+                    "(server minSessionTimeout/maxSessionTimeout); takeover after a crash "
+                    f"takes {granted:g} s"
+                )
+            self.checked_session = granted
+        return sid
+
+    def _drop(self) -> None:
+        """Forget our contender and leadership (the node is gone or given up)."""
+        self.contender = self.contender_session = self.leading_session = None
+        self.crumb_version = None
+
+    def effective_lease(self) -> float | None:
+        return self.store.negotiated
+
+    # -- contenders -------------------------------------------------------------------------
+    def _contenders(self) -> list[Contender]:
+        names = self.store.children("list contenders", self.store.base)
+        return sorted(filter(None, map(Contender.parse, names)), key=lambda c: c.seq)
+
+    def _register(self, sid: int) -> None:
+        """Adopt our contender of session `sid` (a create whose reply was lost) or create one;
+        delete our stale ones; refuse or wait for another daemon's node of our name."""
+        self.store.ensure_layout()
+        adopt: Contender | None = None
+        for contender in self._contenders():
+            if contender.node != self.node:
+                continue
+            got = self.store.read("read contender", self.store.path(contender.name))
+            if got is None:
+                continue
+            info, stat = load(got[0]), got[1]
+            if not isinstance(info, dict) or info.get("token") != self.token:
+                self._same_name(contender, info if isinstance(info, dict) else {})
+            elif adopt is None and stat.ephemeralOwner == sid and contender.name not in self.given_up:
+                adopt = contender
+            else:
+                self._delete(contender.name)
+        self.contender = adopt or self._create()
+        self.contender_session = sid
+
+    def _create(self) -> Contender:
+        info = {
+            "node": self.node,
+            "pid": os.getpid(),
+            "host": self.host,
+            "started_at": self.started_at,
+            "token": self.token,
+            "session_timeout": self.store.negotiated or self.store.options.session_timeout,
+        }
+        path = self.store.create(
+            "register",
+            self.store.path(f"{PREFIX}{self.node}_"),
+            dump(info),
+            ephemeral=True,
+            sequence=True,
+        )
+        contender = Contender.parse(str(path).rsplit("/", 1)[1])
+        assert contender is not None
+        return contender
+
+    def _same_name(self, contender: Contender, info: dict[str, Any]) -> None:
+        """Another incarnation's node of our name: a live daemon (DuplicateNode) or a dead one
+        whose session has yet to expire (BackendUnavailable until it does)."""
+        pid, host = info.get("pid"), info.get("host")
+        where = f"pid {pid} on {host}"
+        now = time.monotonic()
+        first = self.same_name_seen.setdefault(contender.name, now)
+        theirs = float(info.get("session_timeout") or 0)
+        limit = max(theirs, self.store.negotiated or self.store.options.session_timeout)
+        limit += EXPIRY_GRACE
+        if (host == self.host and isinstance(pid, int) and _pid_alive(pid)) or now - first > limit:
+            raise DuplicateNode(
+                f"node {self.node!r} already runs in cluster {self.cluster!r} ({where}); "
+                "give this daemon another node name"
+            )
+        raise BackendUnavailable(
+            f"a contender named {self.node!r} ({where}) is still registered; waiting up to "
+            f"{limit - (now - first):.0f} s for its session to expire"
+        )
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.store.call("delete", lambda: self.client.delete_async(self.store.path(name)))
+        except NoNodeError:
+            pass
+
+    # -- election ---------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        sid = self._session()
+        if self.contender is not None and self.contender_session != sid:
+            self._drop()  # the session was lost: its ephemeral node went with it
+        if self.contender is None:
+            self._register(sid)
+        assert self.contender is not None
+        line = self._contenders()
+        names = [c.name for c in line]
+        if self.contender.name not in names:
+            self._drop()
+            self.store.wake()  # register again at once
+            return False
+        mine = names.index(self.contender.name)
+        # The leader watches its own node, a standby only its predecessor (no herd).
+        watched = self.store.path(names[mine - 1] if mine else self.contender.name)
+        there = self.store.call(
+            "watch", lambda: self.client.exists_async(watched, watch=self.store.wake)
+        )
+        if there is None:
+            self.store.wake()  # it vanished meanwhile: look again at once
+            return False
+        if mine == 0:
+            self.leading_session = sid
+        return mine == 0
+
+    def renew(self) -> bool:
+        if self.leading_session is None or self.contender is None:
+            return False
+        state = self.client.state
+        if state == KazooState.SUSPENDED:
+            raise BackendUnavailable(
+                "ZooKeeper connection suspended; leadership holds only until the session "
+                "could expire"
+            )
+        sid = self.store.session_id()
+        if state == KazooState.LOST or (sid is not None and sid != self.leading_session):
+            self._drop()
+            return False
+        if sid is None:
+            raise BackendUnavailable(f"not connected to ZooKeeper (state {self.store.state})")
+        if not self._prove(reclaim=True):
+            self._drop()
+            return False
+        if self.client.state != KazooState.CONNECTED:
+            raise BackendUnavailable("ZooKeeper connection suspended during the renew")
+        return True
+
+    def _prove(self, reclaim: bool) -> bool:
+        """One atomic proof: our contender exists and the breadcrumb is still ours (its write
+        also records, as its mtime, when this proof happened on the server)."""
+        assert self.contender is not None
+        own = self.store.path(self.contender.name)
+        version = self.crumb_version
+
+        def txn() -> Any:
+            t = self.client.transaction()
+            t.check(own, -1)
+            if version is not None:
+                t.set_data(self.store.path("leader"), self._crumb(self.epoch), version=version)
+            return t.commit_async()
+
+        results = self.store.call("renew", txn)
+        if _ok(results):
+            if version is not None:
+                self.crumb_version = results[1].version
+            return True
+        if isinstance(results[0], NoNodeError) or not reclaim:
+            return False
+        # The breadcrumb moved: our own write whose reply was lost, or a newer leader's.
+        got = self.store.read("read the breadcrumb", self.store.path("leader"))
+        info = load(got[0]) if got else {}
+        if not got or not isinstance(info, dict) or info.get("token") != self.token:
+            return False
+        if info.get("epoch") != self.epoch or info.get("released"):
+            return False
+        self.crumb_version = got[1].version
+        return self._prove(reclaim=False)  # prove afresh: that write may be older than now
+
+    def _crumb(self, epoch: int, released: bool = False) -> bytes:
+        granted = self.store.negotiated
+        bound = min(self.lease, granted) if granted else self.lease
+        info = {
+            "node": self.node,
+            "epoch": epoch,
+            "token": self.token,
+            "lease_ms": int(bound * 1000),
+            "released": released,
+            "host": self.host,
+            "pid": os.getpid(),
+            "before": asdict(self.previous) if self.previous else None,
+        }
+        return dump(info)
+
+    def bump_epoch(self) -> int:
+        if self.leading_session is None or self.contender is None:
+            raise BackendUnavailable("not the leader: cannot take an epoch")
+        own = self.store.path(self.contender.name)
+        for _ in range(EPOCH_TRIES):
+            epoch_data, epoch_stat = self._read_layout("epoch")
+            crumb_data, crumb_stat = self._read_layout("leader")
+            epoch = int(load(epoch_data) or 0) + 1
+            previous = self._previous(load(crumb_data), crumb_stat.mtime)
+
+            def txn(epoch: int = epoch, ev: int = epoch_stat.version) -> Any:
+                t = self.client.transaction()
+                t.check(own, -1)
+                t.set_data(self.store.path("epoch"), str(epoch).encode(), version=ev)
+                t.set_data(self.store.path("leader"), b"", version=crumb_stat.version)
+                return t.commit_async()
+
+            self.previous = previous  # _crumb() embeds it; the txn writes the crumb below
+            results = self.store.call("take the epoch", lambda: self._with_crumb(txn(), epoch))
+            if _ok(results):
+                self.epoch, self.crumb_version = epoch, results[2].version
+                self.bumped_at = (results[2].mtime, time.monotonic())
+                return epoch
+            if isinstance(results[0], NoNodeError):
+                self._drop()
+                raise BackendUnavailable("lost leadership while taking the epoch")
+        raise BackendUnavailable("the epoch kept changing while taking it; will retry")
+
+    def _with_crumb(self, pending: Any, epoch: int) -> Any:
+        return pending
+
+    def _previous(self, info: Any, mtime: int) -> Breadcrumb | None:
+        """The leader before us: the breadcrumb, or what our own (unreleased) one recorded."""
+        crumb = Breadcrumb.parse(info, mtime)
+        if crumb is not None and crumb.token == self.token and not crumb.released:
+            before = info.get("before")
+            return Breadcrumb.parse(before, 0) if isinstance(before, dict) else None
+        return crumb
+
+    def _read_layout(self, name: str) -> tuple[bytes, Any]:
+        got = self.store.read(f"read {name}", self.store.path(name))
+        if got is None:
+            self.store.layout_ready = False
+            self.store.ensure_layout()
+            got = self.store.read(f"read {name}", self.store.path(name))
+        if got is None:
+            raise BackendUnavailable(f"ZooKeeper node {self.store.path(name)} keeps vanishing")
+        return got
