@@ -189,7 +189,9 @@ class ZooKeeperElection(ElectionBackend):
             info, stat = load(got[0]), got[1]
             if not isinstance(info, dict) or info.get("token") != self.token:
                 self._same_name(contender, info if isinstance(info, dict) else {})
-            elif adopt is None and stat.ephemeralOwner == sid and contender.name not in self.given_up:
+            elif (
+                adopt is None and stat.ephemeralOwner == sid and contender.name not in self.given_up
+            ):
                 adopt = contender
             else:
                 self._delete(contender.name)
@@ -337,6 +339,14 @@ class ZooKeeperElection(ElectionBackend):
         }
         return dump(info)
 
+    def _txn(self, own: str, writes: list[tuple[str, bytes, int]]) -> Any:
+        """Check that our contender exists, then versioned sets: all or nothing."""
+        t = self.client.transaction()
+        t.check(own, -1)
+        for path, data, version in writes:
+            t.set_data(path, data, version=version)
+        return t.commit_async()
+
     def bump_epoch(self) -> int:
         if self.leading_session is None or self.contender is None:
             raise BackendUnavailable("not the leader: cannot take an epoch")
@@ -344,18 +354,13 @@ class ZooKeeperElection(ElectionBackend):
         for _ in range(EPOCH_TRIES):
             epoch_data, epoch_stat = self._read_layout("epoch")
             crumb_data, crumb_stat = self._read_layout("leader")
-            epoch = int(load(epoch_data) or 0) + 1
-            previous = self._previous(load(crumb_data), crumb_stat.mtime)
-
-            def txn(epoch: int = epoch, ev: int = epoch_stat.version) -> Any:
-                t = self.client.transaction()
-                t.check(own, -1)
-                t.set_data(self.store.path("epoch"), str(epoch).encode(), version=ev)
-                t.set_data(self.store.path("leader"), b"", version=crumb_stat.version)
-                return t.commit_async()
-
-            self.previous = previous  # _crumb() embeds it; the txn writes the crumb below
-            results = self.store.call("take the epoch", lambda: self._with_crumb(txn(), epoch))
+            epoch = _int(epoch_data) + 1
+            self.previous = self._previous(load(crumb_data), crumb_stat.mtime)
+            writes = [
+                (self.store.path("epoch"), str(epoch).encode(), epoch_stat.version),
+                (self.store.path("leader"), self._crumb(epoch), crumb_stat.version),
+            ]
+            results = self.store.call("take the epoch", lambda w=writes: self._txn(own, w))
             if _ok(results):
                 self.epoch, self.crumb_version = epoch, results[2].version
                 self.bumped_at = (results[2].mtime, time.monotonic())
@@ -365,11 +370,9 @@ class ZooKeeperElection(ElectionBackend):
                 raise BackendUnavailable("lost leadership while taking the epoch")
         raise BackendUnavailable("the epoch kept changing while taking it; will retry")
 
-    def _with_crumb(self, pending: Any, epoch: int) -> Any:
-        return pending
-
     def _previous(self, info: Any, mtime: int) -> Breadcrumb | None:
-        """The leader before us: the breadcrumb, or what our own (unreleased) one recorded."""
+        """The leader before us: the breadcrumb, or what our own unreleased one recorded (a
+        bump of ours whose reply was lost)."""
         crumb = Breadcrumb.parse(info, mtime)
         if crumb is not None and crumb.token == self.token and not crumb.released:
             before = info.get("before")
@@ -385,3 +388,139 @@ class ZooKeeperElection(ElectionBackend):
         if got is None:
             raise BackendUnavailable(f"ZooKeeper node {self.store.path(name)} keeps vanishing")
         return got
+
+    def fence(self, epoch: int, force: bool) -> FenceReport:
+        """Nothing to terminate in ZooKeeper: wait until the previous leader's keeper deadline
+        has surely passed unless it released (its child proven gone) or its lease ran out."""
+        prev = self.previous
+        if prev is None:
+            return FenceReport(pending=0, detail="no earlier leader on record")
+        who = f"{prev.node} of epoch {prev.epoch}"
+        if prev.released:
+            return FenceReport(pending=0, detail=f"{who} released after its child exited")
+        server_now = self.bumped_at[0] + int((time.monotonic() - self.bumped_at[1]) * 1000)
+        left = keeper_deadline_left(prev, server_now, self.lease)
+        if left <= 0:
+            return FenceReport(
+                pending=0, detail=f"{who} ended unreleased; its keeper deadline passed"
+            )
+        return FenceReport(
+            pending=1,
+            wait_seconds=left,
+            detail=f"{who} ended unreleased {left:.1f} s before its keeper deadline",
+        )
+
+    def release(self) -> None:
+        contender, version = self.contender, self.crumb_version
+        leading = self.leading_session is not None
+        self._drop()
+        if contender is None:
+            return
+        self.given_up.add(contender.name)  # deleted later if this fails: never adopted again
+        own = self.store.path(contender.name)
+        if leading and version is not None:
+            crumb = self._crumb(self.epoch, released=True)
+
+            def txn() -> Any:
+                t = self.client.transaction()
+                t.set_data(self.store.path("leader"), crumb, version=version)
+                t.delete(own)
+                return t.commit_async()
+
+            if _ok(self.store.call("release", txn)):
+                return
+        self._delete(contender.name)
+
+    def leader(self) -> LeaderInfo:
+        line = self._contenders()
+        got = self.store.read("read the epoch", self.store.path("epoch"))
+        return LeaderInfo(line[0].node if line else None, _int(got[0]) if got else 0)
+
+    def stand_aside(self, flags: ClusterFlags) -> None:
+        """Leave the queue while a switchover to a node behind us is pending: standbys only
+        hold back, and in a queue the target could otherwise never become the lowest."""
+        target, age = flags.switchover_to, flags.switchover_age or 0.0
+        if not target or target == self.node or age >= 2 * self.lease:
+            return
+        if self.contender is None or self.leading_session is not None:
+            return
+        theirs = [c for c in self._contenders() if c.node == target]
+        if theirs and theirs[0].seq > self.contender.seq:
+            self.release()
+
+    # -- wake-ups and shutdown --------------------------------------------------------------
+    def watch_fd(self) -> int | None:
+        return self.store.wake_rd
+
+    def changed(self) -> bool:
+        return self.store.drain()
+
+    def close(self) -> None:
+        if self.leading_session is not None:
+            # Not released, so the child is not proven gone: closing the session would free
+            # leadership at once. Let it expire instead (after the keeper's deadline).
+            self.warn("closing without a release: the ZooKeeper session is left to expire")
+        self.store.close(graceful=self.leading_session is None)
+
+
+def _int(data: bytes | None) -> int:
+    try:
+        return int(data or b"0")
+    except ValueError:
+        return 0
+
+
+class SwitchoverAware(MemberStore):
+    """A member store whose `flags()` also lets the election step aside for a switchover
+    target behind it in the queue (see `ZooKeeperElection.stand_aside`)."""
+
+    def __init__(self, inner: MemberStore, election: ZooKeeperElection) -> None:
+        self.inner = inner
+        self.election = election
+
+    def heartbeat(self, state: MemberState) -> None:
+        self.inner.heartbeat(state)
+
+    def members(self) -> list[MemberRecord]:
+        return self.inner.members()
+
+    def begin_term(self, epoch: int, node: str, reason: str) -> None:
+        self.inner.begin_term(epoch, node, reason)
+
+    def end_term(self, epoch: int, reason: str) -> None:
+        self.inner.end_term(epoch, reason)
+
+    def flags(self) -> ClusterFlags:
+        flags = self.inner.flags()
+        try:
+            self.election.stand_aside(flags)
+        except BackendUnavailable:
+            pass  # the next tick tries again
+        return flags
+
+    def set_paused(self, paused: bool) -> None:
+        self.inner.set_paused(paused)
+
+    def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
+        self.inner.request_switchover(from_node, to_node)
+
+    def clear_switchover(self) -> None:
+        self.inner.clear_switchover()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # e.g. history()
+
+
+def negotiated_session_timeout(settings: Settings, wait: float = 5.0) -> float | None:
+    """Connect once and return the session timeout the servers grant (None: unreachable).
+
+    A running daemon reports it as `effective_lease()` (`/status` timings)."""
+    store = ZkStore(zk_options(settings))
+    try:
+        store.start(wait)
+        return store.negotiated
+    finally:
+        store.close()
