@@ -129,6 +129,9 @@ class Settings:
     )
     backoff_initial_seconds: float = field(default=1.0, metadata=_doc("first crash backoff"))
     backoff_max_seconds: float = field(default=30.0, metadata=_doc("crash backoff cap"))
+    allow_insecure_permissions: bool = field(
+        default=False, metadata=_doc("accept secret-holding files readable by group/others")
+    )
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
     local: LocalSettings = field(default_factory=LocalSettings)

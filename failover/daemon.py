@@ -98,7 +98,7 @@ class Daemon:
         self.settings = settings
         self.reload_settings = reload
         self.on_tick = on_tick
-        token = read_token(settings.http.token_file)
+        token = read_token(settings.http.token_file, settings.allow_insecure_permissions)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(
             self.registry, __version__, settings.backend, settings.node, settings.cluster

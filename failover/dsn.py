@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+from failover.errors import ConfigError
+
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 POOLER_PORTS = (6432,)
 _KV_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -62,28 +64,58 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def parse_dsn(dsn: str) -> DsnInfo:
-    """Host, port, database, user and other parameters of a libpq DSN (URI or key=value)."""
+def parse_dsn(dsn: str, label: str = "dsn") -> DsnInfo:
+    """Host, port, database, user and other parameters of a libpq DSN (URI or key=value).
+
+    Raises `ConfigError` naming `label` for a DSN that cannot be read; never shows the password.
+    """
+    try:
+        return _parse_dsn(dsn)
+    except ValueError as err:
+        raise ConfigError(
+            label, f"{redact_dsn(dsn)} is not a valid DSN ({err})", "fix the host, port or quoting"
+        ) from None
+
+
+def has_password(dsn: str) -> bool:
+    """True when the DSN carries a password (URI userinfo, query or key=value)."""
+    text = dsn.strip()
+    if "://" not in text:
+        return bool(_KV_SECRET.search(text))
+    try:
+        parts = urlsplit(text)
+        query = dict(parse_qsl(parts.query))
+    except ValueError:
+        return True  # cannot tell: treat as secret
+    return bool(parts.password) or "password" in {k.lower() for k in query}
+
+
+def _port(value: str) -> int:
+    port = int(value or 5432)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return port
+
+
+def _parse_dsn(dsn: str) -> DsnInfo:
     text = dsn.strip()
     params: dict[str, str] = {}
     if "://" in text:
         parts = urlsplit(text)
         params = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
+        netloc_port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        has_port = ":" in parts.netloc.rpartition("@")[2] and not netloc_port.endswith("]")
         host = unquote(parts.hostname or "") or params.get("host", "")
         user = unquote(parts.username or "") or params.get("user", "")
         dbname = unquote(parts.path.lstrip("/")) or params.get("dbname", "")
-        port_value = port or int(params.get("port", "5432") or 5432)
+        port_value = _port(netloc_port if has_port else params.get("port", "5432"))
     else:
         for key, value in _KV_PAIR.findall(text):
             params[key.lower()] = value.strip("'")
         host = params.get("host", "")
         user = params.get("user", "")
         dbname = params.get("dbname", "")
-        port_value = int(params.get("port", "5432") or 5432)
+        port_value = _port(params.get("port", "5432"))
     params.pop("password", None)
     return DsnInfo(
         host=host or "localhost", port=port_value, dbname=dbname, user=user, params=params

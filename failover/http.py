@@ -54,9 +54,12 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def read_token(path: str | None) -> str | None:
+def read_token(path: str | None, allow_insecure: bool = False) -> str | None:
     if not path:
         return None
+    from failover.sources import check_private_file
+
+    check_private_file(path, "http.token_file", allow_insecure)
     try:
         with open(path, encoding="utf-8") as f:
             token = f.read().strip()

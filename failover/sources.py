@@ -20,6 +20,7 @@ from typing import Any
 
 from failover.config import SECTIONS, Settings, validate
 from failover.dsn import (
+    has_password,
     is_loopback,
     looks_like_pooler,
     normalize_sqlalchemy_url,
@@ -58,7 +59,8 @@ def load_settings(
     raw: dict[str, Any] = {}
     path = config_path or env.get("FAILOVER_CONFIG")
     if path:
-        _merge(raw, _read_toml(path), "file")
+        from_file = _read_toml(path)
+        _merge(raw, from_file, "file")
     _merge(raw, _from_env(env), "env")
     for key, value in (overrides or {}).items():
         _merge(raw, _nest(key, value), "cli")
@@ -76,14 +78,43 @@ def load_settings(
         )
         settings = settings.replace(postgres=pg)
     _check_postgres(settings, warnings)
+    if path and _file_has_secret(from_file):
+        check_private_file(path, "--config", settings.allow_insecure_permissions)
     return validate(settings.replace(warnings=tuple(warnings)))
+
+
+def _file_has_secret(data: Mapping[str, Any]) -> bool:
+    for key, value in data.items():
+        if isinstance(value, Mapping) and _file_has_secret(value):
+            return True
+        if (
+            isinstance(value, str)
+            and (key == "dsn" or key.endswith("_dsn"))
+            and has_password(value)
+        ):
+            return True
+    return False
+
+
+def check_private_file(path: str, label: str, allow: bool) -> None:
+    """Refuse a file holding secrets that group or others can read (unless allowed)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as err:
+        raise ConfigError(label, f"cannot read {path}: {err.strerror}", "check the path") from err
+    if mode & 0o077 and not allow:
+        raise ConfigError(
+            label,
+            f"{path} holds secrets but is readable by group or others (mode {mode:04o})",
+            f"chmod 600 {path}, or set allow_insecure_permissions = true",
+        )
 
 
 def _check_postgres(settings: Settings, warnings: list[str]) -> None:
     """Refuse a pooler for the lock; warn about plain-text connections to remote hosts."""
     dsns = {"metadata_dsn": settings.metadata_dsn, "postgres.dsn": settings.lock_dsn}
     if settings.backend == "postgres" and settings.lock_dsn:
-        info = parse_dsn(settings.lock_dsn)
+        info = parse_dsn(settings.lock_dsn, "postgres.dsn")
         if looks_like_pooler(info) and not settings.postgres.allow_pooler:
             raise ConfigError(
                 "postgres.dsn",
@@ -94,7 +125,7 @@ def _check_postgres(settings: Settings, warnings: list[str]) -> None:
     for label, dsn in dsns.items():
         if not dsn:
             continue
-        info = parse_dsn(dsn)
+        info = parse_dsn(dsn, label)
         if info.params.get("sslmode") == "disable" and not is_loopback(info.host):
             warnings.append(
                 f"{label}: sslmode=disable to remote host {info.host}: credentials and data "

@@ -18,6 +18,7 @@ def load(tmp_path: Path, toml: str | None = None, env: dict[str, str] | None = N
     if toml is not None:
         path = tmp_path / "f.toml"
         path.write_text(toml)
+        path.chmod(0o600)
     return load_settings(str(path) if path else None, env={**BASE, **(env or {})}, overrides=cli)
 
 
@@ -159,3 +160,38 @@ def test_dsn_helpers() -> None:
     )
     assert looks_like_pooler(info)
     assert not looks_like_pooler(parse_dsn("host=db port=5432 dbname=a"))
+
+
+def test_secret_config_file_must_be_private(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("metadata_dsn = 'postgresql://u:hunter2@db/airflow'\n")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        load_settings(str(path), env={})
+    assert err.value.field == "--config" and f"chmod 600 {path}" in str(err.value)
+    assert "hunter2" not in str(err.value)
+    path.chmod(0o600)
+    assert load_settings(str(path), env={}).metadata_dsn
+    path.chmod(0o640)
+    path.write_text(path.read_text() + "allow_insecure_permissions = true\n")
+    assert load_settings(str(path), env={}).allow_insecure_permissions
+    plain = tmp_path / "p.toml"
+    plain.write_text("metadata_dsn = 'postgresql://u@db/airflow'\n")  # no secret: any mode
+    plain.chmod(0o644)
+    assert load_settings(str(plain), env={}).metadata_dsn
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:p@h:99999/d",
+        "postgresql://u:p@h:abc/d",
+        "host=h port=x password=p",
+        "postgresql://u:p@h:0/d",
+    ],
+)
+def test_unreadable_dsn_is_a_config_error_without_the_password(tmp_path: Path, dsn: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, env={"FAILOVER_BACKEND": "postgres", "FAILOVER_POSTGRES__DSN": dsn})
+    assert err.value.field == "postgres.dsn" and "not a valid DSN" in str(err.value)
+    assert "=p " not in str(err.value) and ":p@" not in str(err.value)

@@ -169,10 +169,16 @@ def test_listen_and_token_validation(tmp_path: Any) -> None:
             parse_listen(bad)
     short = tmp_path / "t"
     short.write_text("abc\n")
+    short.chmod(0o600)
     with pytest.raises(ConfigError, match="shorter than 16"):
         read_token(str(short))
     with pytest.raises(ConfigError, match="cannot read"):
         read_token(str(tmp_path / "missing"))
     good = tmp_path / "g"
     good.write_text(TOKEN + "\n")
+    good.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"chmod 600 {good}"):
+        read_token(str(good))
+    assert read_token(str(good), allow_insecure=True) == TOKEN
+    good.chmod(0o600)
     assert read_token(str(good)) == TOKEN
