@@ -129,6 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
     actions: dict[str, Action]
     slots: threading.BoundedSemaphore
     timeout = REQUEST_TIMEOUT
+    default_request_version = "HTTP/1.0"  # no HTTP/0.9: every answer has a status line
     server_version = "failover"
     sys_version = ""
 

@@ -257,6 +257,24 @@ class LocalElection(ElectionBackend):
         os.close(self._alive_fd)
 
 
+def _member(row: tuple[object, ...], now: float) -> MemberRecord | None:
+    """A member row, or None when another (older, newer, hostile) writer left it unreadable."""
+    node, role, epoch, child_state, child_pid, version, sentence, heartbeat_at = row
+    try:
+        return MemberRecord(
+            node=str(node),
+            role=str(role) if role is not None else "unknown",
+            epoch=int(epoch),  # type: ignore[call-overload]
+            child_state=str(child_state) if child_state is not None else "unknown",
+            child_pid=int(child_pid) if child_pid is not None else None,  # type: ignore[call-overload]
+            version=str(version),
+            heartbeat_age=now - float(heartbeat_at),  # type: ignore[arg-type]
+            sentence=str(sentence or ""),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 class LocalMembers(MemberStore):
     """Member heartbeats, history and flags in the local SQLite file."""
 
@@ -290,9 +308,7 @@ class LocalMembers(MemberStore):
         )
         assert isinstance(rows, list)
         now = boottime()
-        return [
-            MemberRecord(r[0], r[1], r[2], r[3], r[4], r[5], now - r[7], r[6] or "") for r in rows
-        ]
+        return [m for m in (_member(r, now) for r in rows) if m is not None]
 
     def begin_term(self, epoch: int, node: str, reason: str) -> None:
         self.store.run(
@@ -329,15 +345,21 @@ class LocalMembers(MemberStore):
             lambda db: db.execute("SELECT key, value, set_at FROM flags").fetchall()
         )
         assert isinstance(rows, list)
-        values = {r[0]: (r[1], r[2]) for r in rows}
+        values = {str(r[0]): (str(r[1]), r[2]) for r in rows}
         paused = values.get("paused", ("0", 0.0))[0] == "1"
         target = values.get("switchover_to")
         source = values.get("switchover_from")
+        age = None
+        if target is not None:
+            try:
+                age = boottime() - float(target[1])
+            except (TypeError, ValueError):
+                age = 0.0  # written by something else: treat the request as new
         return ClusterFlags(
             paused=paused,
             switchover_to=target[0] if target else None,
             switchover_from=(source[0] or None) if source else None,
-            switchover_age=(boottime() - float(target[1])) if target else None,
+            switchover_age=age,
         )
 
     def _set(self, items: dict[str, str | None]) -> None:
