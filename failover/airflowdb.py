@@ -65,9 +65,9 @@ class JobTable:
 
     def _check_schema(self) -> bool:
         if self.usable is None:
-            rows = self.session.query(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_name = 'job' AND table_schema = current_schema()"
+            rows = self.session.query(  # the `job` table the search_path resolves to
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('job') "
+                "AND attnum > 0 AND NOT attisdropped"
             )
             missing = JOB_COLUMNS - {str(r[0]) for r in rows}
             self.usable = not missing

@@ -333,6 +333,8 @@ class Controller:
         self.leader = None
         if reason in ("switchover", "child crash loop"):
             self.cooldown_until = now + 2 * self.t.lease
+        elif reason in ("fencing failed", "child start failed"):
+            self.cooldown_until = now + self.t.lease  # no epoch-burning retry loop
         return f"released leadership of epoch {self.epoch} after the child exited{note}", None
 
     # -- standby side -----------------------------------------------------------------------

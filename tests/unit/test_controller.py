@@ -204,3 +204,22 @@ def test_shorter_backend_lease_shortens_the_self_fence() -> None:
     rig.controller.tick()
     # lease 10, self_fence 9 (margin 1) -> with an effective lease of 6: 5 s after the renew.
     assert rig.launcher.last.sent[0] == "GO 1 1005.000000"
+
+
+def test_failed_fencing_cools_down_instead_of_burning_epochs() -> None:
+    from failover.errors import BackendUnavailable
+
+    rig = make_rig()
+
+    def refuse(epoch: int, force: bool) -> object:
+        raise BackendUnavailable("cannot terminate backend 7: grant pg_signal_backend")
+
+    rig.backend.fence = refuse  # type: ignore[method-assign,assignment]
+    result = rig.controller.tick()
+    assert "grant pg_signal_backend" in result.sentence and result.transition == "fence_failed"
+    rig.controller.tick()
+    assert rig.controller.role is Role.STANDBY
+    for _ in range(5):
+        rig.clock.advance(1)
+        assert "cooling down" in rig.controller.tick().sentence
+    assert rig.backend.lease.epoch == 1  # no new epoch while cooling down
