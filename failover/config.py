@@ -81,6 +81,10 @@ class LocalSettings:
 class HttpSettings:
     listen: str = field(default="127.0.0.1:8787", metadata=_doc("host:port; empty disables"))
     token_file: str | None = field(default=None, metadata=_doc("bearer token for POST endpoints"))
+    tls_cert_file: str | None = field(
+        default=None, metadata=_doc("serve HTTPS with this certificate")
+    )
+    tls_key_file: str | None = field(default=None, metadata=_doc("private key of tls_cert_file"))
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,10 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(
                 f"airflow.{name}", "must be greater than 0", "give seconds, or omit it"
             )
+    if bool(s.http.tls_cert_file) != bool(s.http.tls_key_file):
+        raise ConfigError(
+            "http.tls_key_file", "TLS needs both a certificate and its key", "set both or neither"
+        )
     if s.log.format not in LOG_FORMATS:
         raise ConfigError(
             "log.format", f"unknown format {s.log.format!r}", f"use one of {LOG_FORMATS}"

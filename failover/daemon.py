@@ -25,6 +25,7 @@ from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
 from failover.launcher import KeeperLauncher
 from failover.metrics import Metrics
+from failover.sources import check_private_file
 
 REPEAT_SENTENCE_SECONDS = 60.0
 
@@ -106,8 +107,21 @@ class Daemon:
         self.board = Board(settings.loop_seconds)
         self.http: Server | None = None
         if settings.http.listen:
+            tls = None
+            if settings.http.tls_cert_file and settings.http.tls_key_file:
+                check_private_file(
+                    settings.http.tls_key_file,
+                    "http.tls_key_file",
+                    settings.allow_insecure_permissions,
+                )
+                tls = (settings.http.tls_cert_file, settings.http.tls_key_file)
             self.http = Server(
-                settings.http.listen, self.board, self.registry, token, publish.actions(settings)
+                settings.http.listen,
+                self.board,
+                self.registry,
+                token,
+                publish.actions(settings),
+                tls,
             )
         missing = airflowdb.airflow_on_path(settings.command, os.environ)
         if missing:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,18 @@ def read_token(path: str | None, allow_insecure: bool = False) -> str | None:
     return token
 
 
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(
+            "http.tls_cert_file", f"cannot load {cert} / its key: {err}", "check both PEM files"
+        ) from err
+    return ctx
+
+
 class Server:
     """Owns the listening socket and its thread."""
 
@@ -86,6 +99,7 @@ class Server:
         registry: CollectorRegistry,
         token: str | None,
         actions: dict[str, Action],
+        tls: tuple[str, str] | None = None,
     ) -> None:
         host, port = parse_listen(listen)
         handler = type(
@@ -108,6 +122,10 @@ class Server:
                 "pick a free port or set it empty to disable",
             ) from err
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = _tls_context(*tls).wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )  # the handshake happens in the request thread: a slow client blocks no one
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 
     @property

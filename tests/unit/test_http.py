@@ -182,3 +182,54 @@ def test_listen_and_token_validation(tmp_path: Any) -> None:
     assert read_token(str(good), allow_insecure=True) == TOKEN
     good.chmod(0o600)
     assert read_token(str(good)) == TOKEN
+
+
+def test_https_listener(tmp_path: Any) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed for this test")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    board = Board(1.0)
+    board.publish({"role": "leader", "backend_up": True, "child": {"state": "running"}})
+    server = Server("127.0.0.1:0", board, CollectorRegistry(), None, {}, (str(cert), str(key)))
+    server.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=5)
+        conn.request("GET", "/leader")
+        assert conn.getresponse().status == 200
+        conn.close()
+        plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            plain.request("GET", "/leader")
+            plain.getresponse()
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match="cannot load"):
+        Server("127.0.0.1:0", board, CollectorRegistry(), None, {}, (str(key), str(key)))
