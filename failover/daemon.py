@@ -25,6 +25,7 @@ from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
 from failover.launcher import KeeperLauncher
 from failover.metrics import Metrics
+from failover.sdnotify import Notifier
 from failover.sources import check_private_file
 
 REPEAT_SENTENCE_SECONDS = 60.0
@@ -51,6 +52,33 @@ def child_policy(settings: Settings) -> ChildPolicy:
         backoff_initial=settings.backoff_initial_seconds,
         backoff_max=settings.backoff_max_seconds,
     )
+
+
+def watchdog_ok(role: Role, self_fence_deadline: float, now: float, period: float) -> bool:
+    """Ping systemd's watchdog only while a missed ping could not outlive the lease: as a
+    standby, or as a leader whose self-fence deadline is at least one period away."""
+    if role in (Role.STANDBY, Role.STOPPED):
+        return True
+    return self_fence_deadline - now >= period
+
+
+def check_watchdog(period: float | None, settings: Settings) -> None:
+    """WatchdogSec must let a frozen leader die before its lease could expire."""
+    if period is None:
+        return
+    if period >= settings.self_fence_seconds:
+        raise ConfigError(
+            "WatchdogSec",
+            f"{period:g} s is not below lease_seconds - self_fence_margin_seconds = "
+            f"{settings.self_fence_seconds:g} s",
+            "lower WatchdogSec in the unit or raise lease_seconds",
+        )
+    if period < 2 * settings.loop_seconds:
+        raise ConfigError(
+            "WatchdogSec",
+            f"{period:g} s is shorter than two ticks ({2 * settings.loop_seconds:g} s)",
+            "raise WatchdogSec or lower loop_seconds",
+        )
 
 
 def health_policy(settings: Settings) -> HealthPolicy:
@@ -99,6 +127,8 @@ class Daemon:
         self.settings = settings
         self.reload_settings = reload
         self.on_tick = on_tick
+        self.notify = Notifier()
+        check_watchdog(self.notify.watchdog_seconds, settings)
         token = read_token(settings.http.token_file, settings.allow_insecure_permissions)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(
@@ -143,6 +173,7 @@ class Daemon:
         )
         self.log = log.get()
         self.signals: list[int] = []
+        self.ready_sent = False
         self.last_logged = ("", 0.0)
         self.last_tick_at = 0.0
 
@@ -168,6 +199,7 @@ class Daemon:
                 result = self.controller.tick()
                 self.last_tick_at = boottime()
                 self._publish(result, self.last_tick_at - started)
+                self._notify(result)
                 if self.controller.finished:
                     return 0
                 self._wait(result.wait, rd)
@@ -178,6 +210,20 @@ class Daemon:
                 signal.signal(sig, handler)
             os.close(rd)
             os.close(wr)
+
+    def _notify(self, result: TickResult) -> None:
+        if not self.notify.enabled:
+            return
+        if not self.ready_sent:
+            self.notify.ready(result.sentence)
+            self.ready_sent = True
+        else:
+            self.notify.status(result.sentence)
+        period = self.notify.watchdog_seconds
+        if period is not None and watchdog_ok(
+            result.role, self.controller.self_fence_deadline, boottime(), period
+        ):
+            self.notify.watchdog()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)
@@ -192,6 +238,7 @@ class Daemon:
                 self.child.stop(hard=True)
             else:
                 self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                self.notify.stopping()
                 self.controller.request_shutdown()
 
     def _reload(self) -> None:
@@ -281,6 +328,7 @@ class Daemon:
             self.health.close()
         self.store.close()
         self.backend.close()
+        self.notify.close()
 
 
 def _drain(fd: int) -> None:
