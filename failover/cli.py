@@ -127,6 +127,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
+def cmd_keeper(args: argparse.Namespace) -> int:
+    from failover import keeper
+
+    command = [c for c in args.child_command if c != "--"]
+    if not command:
+        raise ConfigError("keeper", "no command given", "failover keeper --connect PATH -- CMD")
+    return keeper.main(["--connect", args.connect, "--", *command])
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"failover {__version__}")
     return EXIT_OK
@@ -194,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
     demo.set_defaults(func=cmd_demo)
+
+    keeper = sub.add_parser(
+        "keeper",
+        help="sidecar mode: run CMD for the daemon in another container",
+        description="Connect to a daemon's [keeper] listen socket and run CMD only while it "
+        "leads; kill CMD's whole tree when the daemon stops vouching (EOF or missed deadline). "
+        "Use as the scheduler container's command.",
+    )
+    keeper.add_argument("--connect", required=True, metavar="PATH", help="the daemon's socket")
+    keeper.add_argument("child_command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+    keeper.set_defaults(func=cmd_keeper)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)

@@ -19,6 +19,7 @@ BACKENDS = ("local", "postgres", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+ZK_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -94,6 +95,14 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class KeeperSettings:
+    listen: str = field(
+        default="",
+        metadata=_doc("sidecar mode: Unix socket the scheduler container's keeper connects to"),
+    )
+
+
+@dataclass(frozen=True)
 class AirflowSettings:
     health_check: bool = field(
         default=True, metadata=_doc("judge the scheduler by its job heartbeat (needs metadata DB)")
@@ -142,6 +151,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
     airflow: AirflowSettings = field(default_factory=AirflowSettings)
+    keeper: KeeperSettings = field(default_factory=KeeperSettings)
     warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": "1"})
 
     @property
@@ -164,6 +174,7 @@ SECTIONS: dict[str, type[Any]] = {
     "http": HttpSettings,
     "log": LogSettings,
     "airflow": AirflowSettings,
+    "keeper": KeeperSettings,
 }
 
 
@@ -307,13 +318,15 @@ def _validate_zk_hosts(hosts: str | None) -> None:
         raise ConfigError("zookeeper.hosts", "the zookeeper backend needs servers", example)
     servers, slash, chroot = hosts.strip().partition("/")
     path = f"/{chroot}"
-    if slash and (path.endswith("/") or "//" in path or any(c.isspace() for c in path)):
-        raise ConfigError("zookeeper.hosts", f"bad chroot '/{chroot}'", example)
+    odd = any(c.isspace() or not c.isprintable() for c in path)
+    if slash and (path.endswith("/") or "//" in path or odd):
+        raise ConfigError("zookeeper.hosts", f"bad chroot {path!r}", example)
     for server in (part.strip() for part in servers.split(",")):
         host, colon, port = server.rpartition(":")
         if not colon or server.endswith("]"):
             host, colon, port = server, "", ""
-        if not host or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
+        bad_port = colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+        if not ZK_HOST_RE.fullmatch(host) or bad_port:
             raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)
 
 

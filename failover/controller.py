@@ -229,7 +229,7 @@ class Controller:
             self.child.prepare(now, self._keeper_env(), self._keeper_args())
         except ChildError as err:
             self.child.warm_error = str(err)
-            self.child.warm_retry_at = now + self.t.lease
+            self.child.warm_retry_at = now + self.t.loop
 
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
         self.job_baseline = None

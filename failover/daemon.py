@@ -23,7 +23,7 @@ from failover.election import open_backend
 from failover.errors import ConfigError, FailoverError
 from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
-from failover.launcher import KeeperLauncher
+from failover.launcher import KeeperLauncher, SidecarLauncher
 from failover.metrics import Metrics
 from failover.sdnotify import Notifier
 from failover.sources import check_private_file
@@ -112,6 +112,7 @@ RESTART_ONLY = (
     "local",
     "http",
     "airflow",
+    "keeper",
 )
 
 
@@ -154,11 +155,13 @@ class Daemon:
                 tls,
             )
         missing = airflowdb.airflow_on_path(settings.command, os.environ)
-        if missing:
+        if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
             raise ConfigError("command", missing, "install it or fix the command")
         self.backend, self.store = open_backend(settings)
         self.health = _health_source(settings)
-        self.child = Child(KeeperLauncher(), settings.command, child_policy(settings))
+        self.sidecar = SidecarLauncher(settings.keeper.listen) if settings.keeper.listen else None
+        launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher()
+        self.child = Child(launcher, settings.command, child_policy(settings))
         self.controller = Controller(
             cluster=settings.cluster,
             node=settings.node,
@@ -293,6 +296,8 @@ class Daemon:
                 fds.append(self.child.link.fileno())
             if self.child.warm is not None:
                 fds.append(self.child.warm.fileno())
+            if self.sidecar is not None and self.child.warm is None:
+                fds.append(self.sidecar.fileno())  # a keeper container (re)connecting
             watch = self.backend.watch_fd()
             if watch is not None:
                 fds.append(watch)
@@ -304,6 +309,8 @@ class Daemon:
                 return
             if self.child.warm is not None and self.child.warm.fileno() in readable:
                 self.child.poll(boottime())
+            if self.sidecar is not None and self.sidecar.fileno() in readable:
+                return
             if (watch in readable or poll) and self.backend.changed():
                 return
 
@@ -329,6 +336,8 @@ class Daemon:
         self.store.close()
         self.backend.close()
         self.notify.close()
+        if self.sidecar is not None:
+            self.sidecar.close()
 
 
 def _drain(fd: int) -> None:

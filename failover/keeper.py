@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from failover import proctree
@@ -218,7 +220,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         prog="python -m failover.keeper",
         description="Run CMD in this session; kill its whole tree when the daemon stops vouching.",
     )
-    p.add_argument("--control-fd", type=int, required=True, help="connected stream socket fd")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--control-fd", type=int, help="connected stream socket fd")
+    where.add_argument(
+        "--connect", metavar="PATH", help="sidecar mode: connect to the daemon's Unix socket"
+    )
     p.add_argument("--name", default="failover:keeper", help="failover:<cluster>:<node>")
     p.add_argument("--stop-timeout", type=float, default=30.0, help="SIGTERM -> SIGKILL grace")
     p.add_argument("--lock-file", help="hold this flock as proof of life (local backend)")
@@ -251,12 +257,55 @@ def _child_env(name: str, epoch: int) -> dict[str, str]:
     return env
 
 
+def _connect(path: str) -> socket.socket:
+    """Sidecar mode: connect to the daemon, waiting for it to listen (it may start later)."""
+    delay = 0.1
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace | None:
+    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env."""
+    data = b""
+    while b"\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    word, _, payload = line.decode("utf-8", "replace").partition(" ")
+    if word != "INIT" or rest:
+        return None
+    init = json.loads(payload)
+    os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
+    command = list(argv[argv.index("--") :]) if "--" in argv else []
+    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getsid(0) != os.getpid():
-        os.setsid()
-    control = socket.socket(fileno=args.control_fd)
+        try:
+            os.setsid()
+        except PermissionError:
+            pass  # a process-group leader already (a shell's job): descent still finds all
+    if args.connect:
+        control = _connect(args.connect)
+        init = _read_init(control, argv)
+        if init is None:
+            return 0  # the daemon went away before telling us anything: start over
+        args = init
+    else:
+        control = socket.socket(fileno=args.control_fd)
     rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wr)
     signal.signal(signal.SIGCHLD, lambda *_: None)

@@ -5,21 +5,27 @@ The keeper leads a new session; the daemon keeps the other end of the socket.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
 from failover import proctree
-from failover.errors import ChildError
+from failover.errors import ChildError, ConfigError
 
 
 class SocketKeeperLink:
     """A keeper process and our end of its control stream."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes] | None, sock: socket.socket, pid: int = 0
+    ) -> None:
         self.proc = proc
-        self.pid = proc.pid
+        self.pid = proc.pid if proc is not None else pid
         self.sock = sock
         self.buffer = b""
         self.eof = False
@@ -62,6 +68,9 @@ class SocketKeeperLink:
 
     def cleanup(self) -> None:
         """Wait for the keeper; if it died abnormally, kill what is left of its session."""
+        if self.proc is None:
+            self.sock.close()  # sidecar: another container's keeper; EOF is all we can give it
+            return
         try:
             self.proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
@@ -113,3 +122,50 @@ class KeeperLauncher:
             theirs.close()
         ours.setblocking(False)
         return SocketKeeperLink(proc, ours)
+
+
+class SidecarLauncher:
+    """Sidecar mode: keepers are started by someone else (the scheduler container's command,
+    `failover keeper --connect PATH -- airflow scheduler`) and connect to our Unix socket."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self.server.bind(path)
+        except OSError as err:
+            raise ConfigError(
+                "keeper.listen", f"cannot listen on {path}: {err.strerror}", "check the directory"
+            ) from err
+        os.chmod(path, 0o660)
+        self.server.listen(4)
+        self.server.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.server.fileno()
+
+    def launch(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        stop_timeout: float,
+        keeper_args: Sequence[str],
+    ) -> SocketKeeperLink:
+        try:
+            sock, _ = self.server.accept()
+        except BlockingIOError:
+            raise ChildError(f"no keeper has connected to {self.path} yet") from None
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        shared = {k: v for k, v in env.items() if k.startswith("FAILOVER_")}
+        init = {"args": [*keeper_args, "--stop-timeout", str(stop_timeout)], "env": shared}
+        sock.sendall(b"INIT " + json.dumps(init).encode() + b"\n")
+        sock.setblocking(False)
+        return SocketKeeperLink(None, sock, pid)
+
+    def close(self) -> None:
+        self.server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)

@@ -70,7 +70,6 @@ def test_least_privilege_cluster_leaks_no_secret(
     config = tmp_path / "failover.toml"
     config.write_text(f'metadata_dsn = "{least_privilege_dsn}"\n[http]\ntoken_file = "{token}"\n')
     config.chmod(0o600)
-    port = free_port()
     c = Cluster(
         tmp_path / "run",
         nodes=("s1", "s2"),
@@ -81,11 +80,13 @@ def test_least_privilege_cluster_leaks_no_secret(
     outputs: list[str] = []
     try:
         with Sampler(c.tag) as sampler, DbSampler(pg_dsn, c.cluster) as db:
-            c.settings["http.listen"] = f"127.0.0.1:{port}"
-            c.start("s1")
-            c.settings["http.listen"] = ""
-            c.start("s2")
+            ports = {}
+            for node in c.nodes:
+                ports[node] = free_port()
+                c.settings["http.listen"] = f"127.0.0.1:{ports[node]}"
+                c.start(node)
             leader, epoch = c.leader_child()
+            port = ports["s2" if leader == "s1" else "s1"]  # the survivor's endpoint
             # Fencing with the least-privilege role: an old-epoch session of another role.
             straggler = psycopg2.connect(
                 app_dsn, application_name=f"failover:{c.cluster}:ghost:{int(epoch) - 1}"
