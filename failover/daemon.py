@@ -5,6 +5,7 @@ SIGTERM/SIGINT: stop the child, then release leadership, exit 0. SIGHUP: reload 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -15,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from failover import __version__, airflowdb, log, publish
+from failover import __version__, airflowdb, log, proctree, publish
 from failover.child import Child, ChildPolicy
 from failover.config import Settings
 from failover.controller import Controller, Role, TickResult, Timings
@@ -203,6 +204,8 @@ class Daemon:
                 self.last_tick_at = boottime()
                 self._publish(result, self.last_tick_at - started)
                 self._notify(result)
+                if os.getpid() == 1:
+                    self._reap_orphans()  # as PID 1 also strangers' orphans come to us
                 if self.controller.finished:
                     return 0
                 self._wait(result.wait, rd)
@@ -213,6 +216,15 @@ class Daemon:
                 signal.signal(sig, handler)
             os.close(rd)
             os.close(wr)
+
+    def _reap_orphans(self) -> None:
+        """As PID 1 (a container without tini) orphans reparent to us: reap every zombie
+        child that is not one of our keepers (their exit status belongs to the Child)."""
+        ours = {link.pid for link in (self.child.link, self.child.warm) if link is not None}
+        for pid, (state, ppid, _) in proctree.snapshot().items():
+            if ppid == 1 and state == "Z" and pid not in ours:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
 
     def _notify(self, result: TickResult) -> None:
         if not self.notify.enabled:

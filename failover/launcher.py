@@ -6,8 +6,10 @@ The keeper leads a new session; the daemon keeps the other end of the socket.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -18,14 +20,24 @@ from failover import proctree
 from failover.errors import ChildError, ConfigError
 
 
+def set_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
 class SocketKeeperLink:
     """A keeper process and our end of its control stream."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes] | None, sock: socket.socket, pid: int = 0
+        self,
+        proc: subprocess.Popen[bytes] | None,
+        sock: socket.socket,
+        pid: int = 0,
+        live: set[int] | None = None,
     ) -> None:
         self.proc = proc
         self.pid = proc.pid if proc is not None else pid
+        self.live = live if live is not None else set()  # every keeper of ours still alive
         self.sock = sock
         self.buffer = b""
         self.eof = False
@@ -76,9 +88,25 @@ class SocketKeeperLink:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5.0)
+        self.live.discard(self.pid)
         # The keeper leads its session: its sid is its pid. Anything left there is ours.
         proctree.kill_tree(self.pid, [self.pid], reap_children=False)
+        kill_orphans(self.live)
         self.sock.close()
+
+
+def kill_orphans(keepers: set[int]) -> None:
+    """We are a subreaper: a keeper that died abnormally left its escaped descendants to us.
+    Kill every child of ours that is not a live keeper, with its tree, and reap it."""
+    me = os.getpid()
+    for pid, (state, ppid, _) in proctree.snapshot().items():
+        if ppid != me or pid in keepers:
+            continue
+        if state != "Z":
+            proctree.kill_tree(pid, [], reap_children=False)
+            proctree.signal_all([pid], signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 class KeeperLauncher:
@@ -86,6 +114,9 @@ class KeeperLauncher:
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
+        self.live: set[int] = set()
+        # Orphans of a keeper that died abnormally come to us, not to init.
+        set_subreaper()
 
     def launch(
         self,
@@ -121,7 +152,8 @@ class KeeperLauncher:
         finally:
             theirs.close()
         ours.setblocking(False)
-        return SocketKeeperLink(proc, ours)
+        self.live.add(proc.pid)
+        return SocketKeeperLink(proc, ours, live=self.live)
 
 
 class SidecarLauncher:

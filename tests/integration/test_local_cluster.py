@@ -5,6 +5,7 @@ A sampler checks every 50 ms that at most one epoch's child tree is alive.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -123,3 +124,23 @@ def test_bad_reload_keeps_running_config(cluster: Cluster, tmp_path: Path) -> No
     time.sleep(1.0)
     assert cluster.leader_child() == (node, epoch)
     assert proc.poll() is None
+
+
+def test_keeper_killed_leaves_no_escaped_grandchild(cluster: Cluster) -> None:
+    """The daemon is a subreaper: a SIGKILLed keeper's escaped descendants come to it and die."""
+    from failover import proctree
+
+    cluster.nodes = ("n1",)
+    cluster.start("n1")
+    old = set(
+        wait_until(
+            lambda: len(cluster.live_children()) == 3 and cluster.live_children(), 20, "3 procs"
+        )
+    )
+    daemon = cluster.procs["n1"].pid
+    keepers = [p for p, (_, ppid, _) in proctree.snapshot().items() if ppid == daemon]
+    for keeper in keepers:
+        os.kill(keeper, signal.SIGKILL)
+    wait_until(
+        lambda: not old & set(cluster.live_children()), 10, "the escaped grandchildren to die"
+    )
