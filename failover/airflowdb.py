@@ -51,6 +51,7 @@ class JobTable:
         timeout: float,
         hostname: str | None,
         on_warning: Callable[[str], None],
+        password: Callable[[], str] | None = None,
     ) -> None:
         self.session = Session(
             dsn,
@@ -58,6 +59,7 @@ class JobTable:
             SessionTimings(30.0, timeout),
             False,
             on_warning,
+            password,
         )
         self.hostname = hostname
         self.warn = on_warning

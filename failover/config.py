@@ -44,6 +44,9 @@ class PostgresSettings:
         default=False, metadata=_doc("allow a DSN that looks like a pooler (port 6432, pgbouncer)")
     )
     notify: bool = field(default=True, metadata=_doc("LISTEN/NOTIFY so standbys wake at once"))
+    iam_auth: bool = field(
+        default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,14 @@ class HttpSettings:
 class LogSettings:
     format: str = field(default="auto", metadata=_doc("auto (console on a TTY), json or console"))
     level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    region: str | None = field(default=None, metadata=_doc("default: AWS_REGION, then IMDS"))
+    imds_endpoint: str = field(
+        default="http://169.254.169.254", metadata=_doc("EC2 instance metadata service")
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     airflow: AirflowSettings = field(default_factory=AirflowSettings)
     keeper: KeeperSettings = field(default_factory=KeeperSettings)
+    aws: AwsSettings = field(default_factory=AwsSettings)
     warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": "1"})
 
     @property
@@ -175,6 +187,7 @@ SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "airflow": AirflowSettings,
     "keeper": KeeperSettings,
+    "aws": AwsSettings,
 }
 
 

@@ -20,7 +20,7 @@ from failover import __version__, airflowdb, log, proctree, publish
 from failover.child import Child, ChildPolicy
 from failover.config import Settings
 from failover.controller import Controller, Role, TickResult, Timings
-from failover.election import open_backend
+from failover.election import open_backend, password_for
 from failover.errors import ConfigError, FailoverError
 from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
@@ -98,6 +98,7 @@ def _health_source(settings: Settings) -> airflowdb.JobTable | None:
         settings.backend_timeout_seconds,
         airflowdb.expected_hostname(os.environ),
         lambda text: log.get().warning("health_warning", warning=text),
+        password_for(settings, settings.metadata_dsn),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from failover.errors import ConfigError
 
@@ -130,3 +130,15 @@ def looks_like_pooler(info: DsnInfo) -> bool:
 
 def is_loopback(host: str) -> bool:
     return host.startswith(("127.", "/")) or host in ("localhost", "::1", "")
+
+
+def dsn_with_password(dsn: str, password: str) -> str:
+    """The DSN with `password` set (for a child that cannot call us for a fresh token)."""
+    text = dsn.strip()
+    escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+    if "://" not in text:
+        return f"{_KV_SECRET.sub('', text).strip()} password='{escaped}'"
+    parts = urlsplit(text)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
+    query.append(("password", password))
+    return urlunsplit(parts._replace(query=urlencode(query)))

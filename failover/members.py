@@ -27,6 +27,7 @@ class PostgresMembers(MemberStore):
         lease_seconds: float,
         timeout: float,
         on_warning: Callable[[str], None] | None = None,
+        password: Callable[[], str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.prefix = prefix
@@ -37,6 +38,7 @@ class PostgresMembers(MemberStore):
             SessionTimings(lease_seconds, timeout),
             False,
             on_warning,
+            password,
         )
         self.schema_ready = False
 

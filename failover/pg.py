@@ -69,8 +69,10 @@ class Session:
         timings: SessionTimings,
         idle_session: bool = False,
         on_warning: Callable[[str], None] | None = None,
+        password: Callable[[], str] | None = None,
     ) -> None:
         self.dsn = dsn
+        self.password = password  # e.g. a fresh RDS IAM token for every new connection
         self.application_name = application_name
         self.timings = timings
         self.idle_session = idle_session
@@ -111,6 +113,7 @@ class Session:
         t = self.timings
         conn = psycopg2.connect(
             self.dsn,
+            password=self.password() if self.password is not None else None,  # None: the DSN's
             application_name=self.application_name,
             connect_timeout=max(1, math.ceil(t.statement_timeout)),
             keepalives=1,

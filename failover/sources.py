@@ -65,7 +65,7 @@ def load_settings(
     for key, value in (overrides or {}).items():
         _merge(raw, _nest(key, value), "cli")
     warnings: list[str] = []
-    settings = _build(raw)
+    settings = _resolve_aws(_build(raw), env)
     if settings.metadata_dsn is None:
         settings = settings.replace(metadata_dsn=_airflow_dsn(env, warnings))
     else:
@@ -108,6 +108,35 @@ def check_private_file(path: str, label: str, allow: bool) -> None:
             f"{path} holds secrets but is readable by group or others (mode {mode:04o})",
             f"chmod 600 {path}, or set allow_insecure_permissions = true",
         )
+
+
+def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """`node = "imds"` and `secretsmanager:` DSNs, resolved once at load time."""
+    wants_secret = [
+        dsn
+        for dsn in (settings.metadata_dsn, settings.postgres.dsn)
+        if dsn and dsn.startswith("secretsmanager:")
+    ]
+    if settings.node != "imds" and not wants_secret and not settings.postgres.iam_auth:
+        return settings
+    from failover import aws
+
+    region = settings.aws.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if settings.node == "imds":
+        identity = aws.imds_identity(settings.aws.imds_endpoint)
+        settings = settings.replace(node=identity.instance_id)
+        region = region or identity.region
+    settings = settings.replace(aws=dataclasses.replace(settings.aws, region=region))
+    if settings.metadata_dsn and settings.metadata_dsn.startswith("secretsmanager:"):
+        settings = settings.replace(
+            metadata_dsn=aws.resolve_secret("metadata_dsn", settings.metadata_dsn, region)
+        )
+    if settings.postgres.dsn and settings.postgres.dsn.startswith("secretsmanager:"):
+        pg = dataclasses.replace(
+            settings.postgres, dsn=aws.resolve_secret("postgres.dsn", settings.postgres.dsn, region)
+        )
+        settings = settings.replace(postgres=pg)
+    return settings
 
 
 def _check_postgres(settings: Settings, warnings: list[str]) -> None:

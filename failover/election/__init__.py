@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from failover import log
 from failover.config import Settings
 from failover.election.base import ElectionBackend, MemberStore
@@ -9,6 +11,17 @@ from failover.election.base import ElectionBackend, MemberStore
 
 def _warn(text: str) -> None:
     log.get().warning("backend_warning", warning=text)
+
+
+def password_for(settings: Settings, dsn: str) -> Callable[[], str] | None:
+    """With `[postgres] iam_auth`, a provider of fresh RDS IAM tokens for this DSN's host."""
+    if not settings.postgres.iam_auth:
+        return None
+    from failover.aws import IamTokens
+    from failover.dsn import parse_dsn
+
+    info = parse_dsn(dsn)
+    return IamTokens(info.host, info.port, info.user, settings.aws.region).password
 
 
 def open_backend(settings: Settings) -> tuple[ElectionBackend, MemberStore]:
@@ -31,8 +44,24 @@ def open_backend(settings: Settings) -> tuple[ElectionBackend, MemberStore]:
             settings.table_prefix,
             settings.postgres.notify,
             _warn,
+            password_for(settings, settings.lock_dsn),
         )
         return election, open_store(settings)
+    if settings.backend == "zookeeper":
+        from failover.election.zookeeper import ZooKeeperElection
+        from failover.zkconn import ZkConnection, zk_options
+        from failover.zkstore import SwitchoverAware, ZkNodes, ZooKeeperMembers
+
+        nodes = ZkNodes(ZkConnection(zk_options(settings), _warn))
+        s = settings
+        renew_window = s.loop_seconds + s.backend_timeout_seconds + s.self_fence_margin_seconds
+        try:  # one session for both; members go to the metadata DB when there is one
+            zk = ZooKeeperElection(nodes, s.lease_seconds, renew_window, _warn)
+            members = open_store(s) if s.metadata_dsn else ZooKeeperMembers(nodes)
+        except BaseException:
+            nodes.conn.close()
+            raise
+        return zk, SwitchoverAware(members, zk.stand_aside)
     raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")
 
 
@@ -44,6 +73,13 @@ def open_store(settings: Settings) -> MemberStore:
         return LocalMembers(
             LocalStore(settings.local.dir, settings.cluster, settings.backend_timeout_seconds)
         )
+    if settings.backend == "zookeeper" and not settings.metadata_dsn:
+        from failover.zkconn import ZkConnection, zk_options
+        from failover.zkstore import ZkNodes, ZooKeeperMembers
+
+        conn = ZkConnection(zk_options(settings), _warn, verbose=False)
+        conn.start(max(settings.backend_timeout_seconds, 5.0))
+        return ZooKeeperMembers(ZkNodes(conn), owns_conn=True)
     dsn = settings.metadata_dsn or settings.lock_dsn
     if dsn:
         from failover.members import PostgresMembers
@@ -56,5 +92,6 @@ def open_store(settings: Settings) -> MemberStore:
             settings.lease_seconds,
             settings.backend_timeout_seconds,
             _warn,
+            password_for(settings, dsn),
         )
     raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")

@@ -13,6 +13,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
+from failover.dsn import dsn_with_password
 from failover.election.base import ElectionBackend, FenceReport, LeaderInfo
 from failover.errors import BackendUnavailable
 from failover.pg import Session, SessionTimings, lock_key, one_line, split_key
@@ -60,6 +61,7 @@ class PostgresElection(ElectionBackend):
         table_prefix: str,
         notify: bool = True,
         on_warning: Callable[[str], None] | None = None,
+        password: Callable[[], str] | None = None,
     ) -> None:
         self.dsn = dsn
         self.cluster = cluster
@@ -71,8 +73,11 @@ class PostgresElection(ElectionBackend):
         self.channel = f"failover:{cluster}"
         self.warn = on_warning or (lambda _: None)
         timings = SessionTimings(lease_seconds, timeout)
-        self.lock = Session(dsn, f"failover:{cluster}:{node}", timings, True, self.warn)
-        self.watch = Session(dsn, f"failover:{cluster}:{node}:watch", timings, False, self.warn)
+        self.password = password
+        self.lock = Session(dsn, f"failover:{cluster}:{node}", timings, True, self.warn, password)
+        self.watch = Session(
+            dsn, f"failover:{cluster}:{node}:watch", timings, False, self.warn, password
+        )
         self.notify = notify
         self.held_generation: int | None = None  # lock held on this session generation
         self.schema_ready = False
@@ -223,7 +228,9 @@ class PostgresElection(ElectionBackend):
         return ["--pg-dsn-env", "FAILOVER_KEEPER_DSN", "--pg-channel", self.channel]
 
     def keeper_env(self) -> dict[str, str]:
-        return {"FAILOVER_KEEPER_DSN": self.dsn}
+        if self.password is None:
+            return {"FAILOVER_KEEPER_DSN": self.dsn}
+        return {"FAILOVER_KEEPER_DSN": dsn_with_password(self.dsn, self.password())}
 
     # -- wake-ups ---------------------------------------------------------------------------
     def watch_fd(self) -> int | None:

@@ -195,3 +195,13 @@ def test_unreadable_dsn_is_a_config_error_without_the_password(tmp_path: Path, d
         load(tmp_path, env={"FAILOVER_BACKEND": "postgres", "FAILOVER_POSTGRES__DSN": dsn})
     assert err.value.field == "postgres.dsn" and "not a valid DSN" in str(err.value)
     assert "=p " not in str(err.value) and ":p@" not in str(err.value)
+
+
+def test_dsn_with_password() -> None:
+    from failover.dsn import dsn_with_password
+
+    assert dsn_with_password("postgresql://u@h:5432/d?sslmode=require", "t/k=n") == (
+        "postgresql://u@h:5432/d?sslmode=require&password=t%2Fk%3Dn"
+    )
+    assert dsn_with_password("host=h user=u password=old", "n'ew") == "host=h user=u password='n\\'ew'"
+    assert "old" not in dsn_with_password("postgresql://u@h/d?password=old", "new")
