@@ -82,6 +82,7 @@ class PostgresElection(ElectionBackend):
         self.held_generation: int | None = None  # lock held on this session generation
         self.schema_ready = False
         self.signal_warned = False
+        self.previous_silent_for: float | None = None
 
     # -- helpers ----------------------------------------------------------------------------
     def _q(self, statement: Any, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
@@ -161,10 +162,25 @@ class PostgresElection(ElectionBackend):
             if not self._holding:
                 self.held_generation = None
                 return False
-        if self._we_hold():
+        if self._renew_and_record():
             return True
         self.held_generation = None
         return False
+
+    def _renew_and_record(self) -> bool:
+        """Prove we hold the lock and, in the same statement, record when (DB time)."""
+        rows = self._q(
+            sql.SQL(
+                "WITH held AS (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = %s AND objid = %s AND objsubid = 1 AND granted "
+                "AND pid = pg_backend_pid()) AS ok), "
+                "upd AS (UPDATE {t} SET renewed_at = now() WHERE cluster = %s "
+                "AND (SELECT ok FROM held) RETURNING 1) "
+                "SELECT ok FROM held"
+            ).format(t=self._table()),
+            (self.classid, self.objid, self.cluster),
+        )
+        return bool(rows[0][0])
 
     def bump_epoch(self) -> int:
         rows = self._q(
@@ -172,12 +188,14 @@ class PostgresElection(ElectionBackend):
                 "INSERT INTO {t} (cluster, epoch, leader) VALUES (%s, 1, %s) "
                 "ON CONFLICT (cluster) DO UPDATE "
                 "SET epoch = {t}.epoch + 1, leader = EXCLUDED.leader "
-                "RETURNING epoch"
+                "RETURNING epoch, EXTRACT(EPOCH FROM now() - renewed_at)::float8"
             ).format(t=self._table()),
             (self.cluster, self.node),
         )
         if not self._we_hold():
             raise BackendUnavailable("lost the lock while taking the epoch")
+        # How long the previous leader has not proven its lease (None: never recorded).
+        self.previous_silent_for = float(rows[0][1]) if rows[0][1] is not None else None
         return int(rows[0][0])
 
     def fence(self, epoch: int, force: bool) -> FenceReport:
@@ -193,6 +211,11 @@ class PostgresElection(ElectionBackend):
             self._q("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0]
         )
         fresh = uptime < self.lease
+        silent = self.previous_silent_for
+        if silent is not None and silent > self.lease:
+            # Its last proven renew is older than a lease: the old keeper's own deadline
+            # (last renew + lease - margin) has passed, so its tree is dead or dying now.
+            force = True
         if (keepers or fresh) and not force:
             why = (
                 f"{len(keepers)} older keeper session(s) still open"

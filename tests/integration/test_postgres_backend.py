@@ -164,3 +164,32 @@ def test_fresh_server_makes_the_leader_wait(
     report = b.fence(1, force=False)
     assert report.pending == 1 and "absence of keepers proves nothing" in report.detail
     assert 25 < report.wait_seconds <= 30
+
+
+def test_silent_previous_leader_lets_the_next_fence_at_once(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    a = make(elections, pg_dsn, "a", lease=2.0)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    old_keeper = open_session(pg_dsn, "failover:c:a:1:keeper")  # a's keeper, cut off with it
+    time.sleep(2.6)  # a proves nothing for longer than a lease; the server drops its session
+    b = make(elections, pg_dsn, "b", lease=2.0)
+    assert b.try_acquire() and b.bump_epoch() == 2
+    assert b.previous_silent_for is not None and b.previous_silent_for > 2.0
+    report = b.fence(2, force=False)
+    assert report.pending == 0 and report.terminated == 1  # no waiting out another lease
+    assert _is_dead(old_keeper)
+
+
+def test_recently_renewed_leader_is_waited_for(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    a = make(elections, pg_dsn, "a", lease=30.0)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    keeper = open_session(pg_dsn, "failover:c:a:1:keeper")
+    a.release()  # a just renewed: its keeper may still run until its deadline
+    b = make(elections, pg_dsn, "b", lease=30.0)
+    assert b.try_acquire() and b.bump_epoch() == 2
+    report = b.fence(2, force=False)
+    assert report.pending >= 1 and not _is_dead(keeper)
+    keeper.close()
