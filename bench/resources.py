@@ -41,19 +41,26 @@ def keepers_of(daemon: int) -> list[int]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "resources.md"))
+    p.add_argument("--backend", choices=("local", "postgres"), default="local")
+    p.add_argument("--out", default=None)
     args = p.parse_args()
+    out = args.out or str(ROOT / "bench" / "results" / f"resources-{args.backend}.md")
+    settings = {
+        "lease_seconds": "10",
+        "loop_seconds": "1",
+        "backend_timeout_seconds": "2",
+        "self_fence_margin_seconds": "1",
+        "backend": args.backend,
+    }
+    server = None
+    if args.backend == "postgres":
+        from tests.servers import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        settings["postgres.dsn"] = server.create_database("resources")
     with tempfile.TemporaryDirectory(prefix="bench-res-") as tmp:
-        c = Cluster(
-            Path(tmp),
-            nodes=("leader", "standby"),
-            settings={
-                "lease_seconds": "10",
-                "loop_seconds": "1",
-                "backend_timeout_seconds": "2",
-                "self_fence_margin_seconds": "1",
-            },
-        )
+        c = Cluster(Path(tmp), nodes=("leader", "standby"), settings=settings)
         try:
             c.start("leader")
             c.leader_child()
@@ -78,10 +85,12 @@ def main() -> int:
                 )
         finally:
             c.stop_all()
+            if server is not None:
+                server.close()
     text = (
         "\n".join(
             [
-                f"Idle footprint of the daemon (local backend, loop 1 s; {time.strftime('%Y-%m-%d')}; "
+                f"Idle footprint of the daemon ({args.backend} backend, loop 1 s; {time.strftime('%Y-%m-%d')}; "
                 "targets: RSS <= 60 MB, CPU <= 0.5 % of a core)",
                 "",
                 "| role | minutes | RSS MB (end) | RSS MB (peak) | CPU % of a core | keeper RSS MB |",
@@ -91,8 +100,8 @@ def main() -> int:
         )
         + "\n"
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
     print(text)
     return 0
 
