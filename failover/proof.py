@@ -17,6 +17,34 @@ def boottime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def wake_name(directory: str, cluster: str, node: str) -> str:
+    """The abstract Unix socket a local-backend daemon listens on for wake-ups."""
+    import hashlib
+
+    key = f"{os.path.realpath(directory)}|{cluster}|{node}".encode()
+    return "\0failover-wake-" + hashlib.sha256(key).hexdigest()[:32]
+
+
+def wake_local(directory: str, cluster: str, skip: str = "") -> None:
+    """Local backend: a datagram to every daemon of the cluster (found by their alive files),
+    so they act at once: a release, a keeper whose tree is gone, an operator's request."""
+    import glob
+    import socket
+
+    prefix = f"{cluster}."
+    pattern = os.path.join(glob.escape(directory), f"{glob.escape(cluster)}.*.alive")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for path in glob.glob(pattern):
+            node = os.path.basename(path)[len(prefix) : -len(".alive")]
+            if node == skip:
+                continue
+            try:
+                sock.sendto(b"wake", wake_name(directory, cluster, node))
+            except OSError:
+                pass  # nobody listening (a daemon that is gone): nothing to wake
+
+
 class LockFileProof:
     """One host: an exclusive flock, taken at "go" and held for as long as the keeper lives."""
 
@@ -57,6 +85,8 @@ class LockFileProof:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            directory, name = os.path.split(self.path)
+            wake_local(directory, name.removesuffix(".keeper.lock"))
 
 
 class PgSessionProof:

@@ -6,9 +6,11 @@ Each daemon holds `<cluster>.<node>.alive` while it lives; the keeper holds
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from failover.election.base import (
     MemberStore,
 )
 from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
+from failover.proof import wake_local, wake_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leader (
@@ -119,6 +122,8 @@ class LocalElection(ElectionBackend):
         self.lease = lease_seconds
         self.token = secrets.token_hex(8)
         self._alive_fd = self._claim_node()
+        self._wake = self._bind_wake()
+        self._last_poll = 0.0
         self._seen: tuple[object, ...] | None = None
 
     def _claim_node(self) -> int:
@@ -136,6 +141,12 @@ class LocalElection(ElectionBackend):
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
+
+    def _bind_wake(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.bind(wake_name(str(self.store.dir), self.store.cluster, self.node))
+        sock.setblocking(False)
+        return sock
 
     def _row(self, db: sqlite3.Connection) -> tuple[str | None, str | None, int, float]:
         row = db.execute(
@@ -221,6 +232,7 @@ class LocalElection(ElectionBackend):
             )
 
         self.store.run(txn, write=True)
+        wake_local(str(self.store.dir), self.store.cluster, self.node)
 
     def leader(self) -> LeaderInfo:
         def read(db: sqlite3.Connection) -> LeaderInfo:
@@ -234,10 +246,26 @@ class LocalElection(ElectionBackend):
     def keeper_args(self) -> list[str]:
         return ["--lock-file", str(self.store.keeper_lock), "--lock-wait", "2"]
 
+    def watch_fd(self) -> int | None:
+        return self._wake.fileno()
+
     def poll_interval(self) -> float:
-        return 0.02
+        # Releases and keepers wake us by datagram; polling only catches a frozen leader's
+        # lease running out and a daemon that died with its keeper.
+        return 0.25
 
     def changed(self) -> bool:
+        woken = False
+        with contextlib.suppress(BlockingIOError):
+            while self._wake.recv(64):
+                woken = True
+        if woken:
+            return True
+        now = boottime()
+        if now - self._last_poll < self.poll_interval():
+            return False
+        self._last_poll = now
+
         def read(db: sqlite3.Connection) -> tuple[object, ...]:
             node, token, epoch, expires_at = self._row(db)
             flags = db.execute("SELECT key, value FROM flags ORDER BY key").fetchall()
@@ -254,6 +282,7 @@ class LocalElection(ElectionBackend):
 
     def close(self) -> None:
         self.store.close()
+        self._wake.close()
         os.close(self._alive_fd)
 
 
@@ -373,6 +402,7 @@ class LocalMembers(MemberStore):
                     )
 
         self.store.run(txn, write=True)
+        wake_local(str(self.store.dir), self.store.cluster)
 
     def set_paused(self, paused: bool) -> None:
         self._set({"paused": "1" if paused else None})
