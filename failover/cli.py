@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log.configure("auto", "warning")  # until `run` configures it: warnings to stderr, never stdout
     try:
         code: int = args.func(args)
     except ConfigError as err:

@@ -162,7 +162,9 @@ class Daemon:
         self.backend, self.store = open_backend(settings)
         self.health = _health_source(settings)
         self.sidecar = SidecarLauncher(settings.keeper.listen) if settings.keeper.listen else None
-        launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher()
+        launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher(
+            adopt_orphans=True
+        )
         self.child = Child(launcher, settings.command, child_policy(settings))
         self.controller = Controller(
             cluster=settings.cluster,

@@ -37,7 +37,7 @@ class SocketKeeperLink:
     ) -> None:
         self.proc = proc
         self.pid = proc.pid if proc is not None else pid
-        self.live = live if live is not None else set()  # every keeper of ours still alive
+        self.live = live  # with orphan adoption: every keeper of ours still alive
         self.sock = sock
         self.buffer = b""
         self.eof = False
@@ -88,10 +88,11 @@ class SocketKeeperLink:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5.0)
-        self.live.discard(self.pid)
         # The keeper leads its session: its sid is its pid. Anything left there is ours.
         proctree.kill_tree(self.pid, [self.pid], reap_children=False)
-        kill_orphans(self.live)
+        if self.live is not None:
+            self.live.discard(self.pid)
+            kill_orphans(self.live)
         self.sock.close()
 
 
@@ -112,11 +113,14 @@ def kill_orphans(keepers: set[int]) -> None:
 class KeeperLauncher:
     """Launch keepers with this interpreter; their output goes where ours goes."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, adopt_orphans: bool = False) -> None:
         self.python = python
         self.live: set[int] = set()
-        # Orphans of a keeper that died abnormally come to us, not to init.
-        set_subreaper()
+        self.adopt_orphans = adopt_orphans
+        if adopt_orphans:
+            # Orphans of a keeper that died abnormally come to us, not to init; only for a
+            # process whose every other child is a keeper (the daemon), never a library user.
+            set_subreaper()
 
     def launch(
         self,
@@ -153,7 +157,7 @@ class KeeperLauncher:
             theirs.close()
         ours.setblocking(False)
         self.live.add(proc.pid)
-        return SocketKeeperLink(proc, ours, live=self.live)
+        return SocketKeeperLink(proc, ours, live=self.live if self.adopt_orphans else None)
 
 
 class SidecarLauncher:

@@ -268,7 +268,7 @@ def coerce(label: str, kind: Any, value: Any) -> Any:
             return value
         if typing.get_origin(kind) is tuple:
             return _to_argv(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     expected = getattr(kind, "__name__", str(kind))
     if typing.get_origin(kind) is tuple:

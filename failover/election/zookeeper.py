@@ -1,6 +1,6 @@
-"""ZooKeeper election: ephemeral sequential contenders, the lowest leads, each watches its predecessor.
+"""ZooKeeper election: ephemeral sequential contenders; the lowest leads, others watch one node.
 
-Epoch: a counter bumped by compare-and-set. Breadcrumb `leader`: last leader, and (mtime) its last proof.
+The epoch is a counter bumped by compare-and-set; the breadcrumb names the leader and its proof.
 """
 
 from __future__ import annotations
@@ -10,93 +10,30 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
-from failover.config import Settings
-from failover.election.base import (
-    ClusterFlags,
-    ElectionBackend,
-    FenceReport,
-    LeaderInfo,
-    MemberRecord,
-    MemberState,
-    MemberStore,
-)
+from failover.election.base import ClusterFlags, ElectionBackend, FenceReport, LeaderInfo
 from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
-from failover.zkstore import ZkStore, dump, load, zk_options
+from failover.zkstore import (
+    PREFIX,
+    Breadcrumb,
+    Contender,
+    ZkNodes,
+    as_int,
+    dump,
+    keeper_deadline_left,
+    load,
+    pid_alive,
+    txn_ok,
+)
 
-PREFIX = "c_"  # contender nodes: c_<node>_<10-digit sequence>
-SEQ_DIGITS = 10
 EPOCH_TRIES = 10
 EXPIRY_GRACE = 2.0  # beyond a session timeout, a same-named node must belong to a live session
-
-
-@dataclass(frozen=True)
-class Contender:
-    name: str
-    node: str
-    seq: int
-
-    @classmethod
-    def parse(cls, name: str) -> Contender | None:
-        seq, sep = name[-SEQ_DIGITS:], name[-SEQ_DIGITS - 1 : -SEQ_DIGITS]
-        if not name.startswith(PREFIX) or sep != "_" or not seq.isdigit():
-            return None
-        node = name[len(PREFIX) : -SEQ_DIGITS - 1]
-        return cls(name, node, int(seq)) if node else None
-
-
-@dataclass(frozen=True)
-class Breadcrumb:
-    """A leader on record, and when (server ms) it last proved its lease."""
-
-    node: str | None
-    epoch: int
-    token: str
-    lease_ms: int  # its child was dead by proved_at_ms + lease_ms if it did not renew
-    released: bool
-    proved_at_ms: int
-
-    @classmethod
-    def parse(cls, info: Any, proved_at_ms: int) -> Breadcrumb | None:
-        if not isinstance(info, dict) or not info.get("node"):
-            return None
-        return cls(
-            node=str(info["node"]),
-            epoch=int(info.get("epoch", 0)),
-            token=str(info.get("token", "")),
-            lease_ms=int(info.get("lease_ms", 0)),
-            released=bool(info.get("released")),
-            proved_at_ms=int(info.get("proved_at_ms", proved_at_ms)),
-        )
-
-
-def keeper_deadline_left(previous: Breadcrumb, server_now_ms: int, fallback_lease: float) -> float:
-    """Seconds until the previous leader's keeper deadline surely passed (<= 0: it has).
-
-    That child ran at most until its last proof (the breadcrumb write) + its lease bound;
-    the proof precedes now, so never more than one lease from now (guards clock steps)."""
-    lease_ms = previous.lease_ms if previous.lease_ms > 0 else int(fallback_lease * 1000)
-    left = (previous.proved_at_ms + lease_ms - server_now_ms) / 1000
-    return min(left, lease_ms / 1000)
-
-
-def _ok(results: list[Any]) -> bool:
-    return not any(isinstance(r, Exception) for r in results)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ZooKeeperElection(ElectionBackend):
@@ -106,15 +43,16 @@ class ZooKeeperElection(ElectionBackend):
 
     def __init__(
         self,
-        store: ZkStore,
+        nodes: ZkNodes,
         lease_seconds: float,
         min_session_seconds: float,
         on_warning: Callable[[str], None] | None = None,
     ) -> None:
-        self.store = store
-        self.client = store.client
-        self.node = store.options.node
-        self.cluster = store.options.cluster
+        self.nodes = nodes
+        self.conn = conn = nodes.conn
+        self.client = conn.client
+        self.node = conn.options.node
+        self.cluster = conn.options.cluster
         self.lease = lease_seconds
         self.min_session = min_session_seconds
         self.warn = on_warning or (lambda _: None)
@@ -130,8 +68,8 @@ class ZooKeeperElection(ElectionBackend):
         self.previous: Breadcrumb | None = None
         self.bumped_at: tuple[int, float] = (0, 0.0)  # (server ms, monotonic) of the bump
         self.same_name_seen: dict[str, float] = {}
-        self.checked_session: float | None = None
-        if store.start(store.options.call_timeout):
+        self.checked_session: float | None = -1.0  # granted timeout last checked
+        if conn.start(conn.options.call_timeout):
             try:  # refuse a duplicate node name before the daemon starts
                 self._register(self._session())
             except BackendUnavailable:
@@ -139,51 +77,59 @@ class ZooKeeperElection(ElectionBackend):
 
     # -- session ----------------------------------------------------------------------------
     def _session(self) -> int:
-        """Our live session id; refuses a granted session timeout too short to lead with."""
-        sid = self.store.session_id()
+        """Our live session id (or BackendUnavailable), once its granted timeout is checked."""
+        sid = self.conn.session_id()
         if sid is None or self.client.state != KazooState.CONNECTED:
-            raise BackendUnavailable(f"not connected to ZooKeeper (state {self.store.state})")
-        granted = self.store.negotiated
-        if granted is not None and granted != self.checked_session:
-            requested = self.store.options.session_timeout
-            if granted <= self.min_session:
-                raise ConfigError(
-                    "zookeeper.session_timeout_seconds",
-                    f"the servers granted a {granted:g} s session (asked {requested:g} s): no "
-                    f"time to renew within loop + backend timeout + margin = {self.min_session:g} s",
-                    "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
-                )
-            if abs(granted - requested) > 0.001:
-                self.warn(
-                    f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s "
-                    "(server minSessionTimeout/maxSessionTimeout); takeover after a crash "
-                    f"takes {granted:g} s"
-                )
-            self.checked_session = granted
+            raise BackendUnavailable(f"not connected to ZooKeeper (state {self.conn.state})")
+        if self.conn.negotiated != self.checked_session:
+            self._check_granted(self.conn.negotiated, self.conn.options.session_timeout)
         return sid
 
-    def _drop(self) -> None:
-        """Forget our contender and leadership (the node is gone or given up)."""
+    def _check_granted(self, granted: float | None, requested: float) -> None:
+        """Refuse a session too short to lead with; warn when it differs from the request."""
+        self.checked_session = granted
+        if granted is None:
+            self.warn(
+                "cannot learn the session timeout ZooKeeper granted; assuming the requested "
+                f"{requested:g} s: make sure the servers' maxSessionTimeout is not below it"
+            )
+        elif granted <= self.min_session:
+            raise ConfigError(
+                "zookeeper.session_timeout_seconds",
+                f"the servers granted a {granted:g} s session (asked {requested:g} s): no time "
+                f"to renew within loop + backend timeout + margin = {self.min_session:g} s",
+                "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
+            )
+        elif abs(granted - requested) > 0.001:
+            self.warn(
+                f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s (server "
+                f"minSessionTimeout/maxSessionTimeout); takeover after a crash takes {granted:g} s"
+            )
+
+    def _drop(self, give_up: bool = False) -> None:
+        """Forget our contender and leadership; with `give_up`, delete that node when we can."""
+        if give_up and self.contender is not None:
+            self.given_up.add(self.contender.name)
         self.contender = self.contender_session = self.leading_session = None
         self.crumb_version = None
 
     def effective_lease(self) -> float | None:
-        return self.store.negotiated
+        return self.conn.negotiated
 
     # -- contenders -------------------------------------------------------------------------
     def _contenders(self) -> list[Contender]:
-        names = self.store.children("list contenders", self.store.base)
+        names = self.nodes.children("list contenders", self.conn.base)
         return sorted(filter(None, map(Contender.parse, names)), key=lambda c: c.seq)
 
     def _register(self, sid: int) -> None:
         """Adopt our contender of session `sid` (a create whose reply was lost) or create one;
         delete our stale ones; refuse or wait for another daemon's node of our name."""
-        self.store.ensure_layout()
+        self.nodes.ensure_layout()
         adopt: Contender | None = None
         for contender in self._contenders():
             if contender.node != self.node:
                 continue
-            got = self.store.read("read contender", self.store.path(contender.name))
+            got = self.nodes.read("read contender", self.conn.path(contender.name))
             if got is None:
                 continue
             info, stat = load(got[0]), got[1]
@@ -205,11 +151,11 @@ class ZooKeeperElection(ElectionBackend):
             "host": self.host,
             "started_at": self.started_at,
             "token": self.token,
-            "session_timeout": self.store.negotiated or self.store.options.session_timeout,
+            "session_timeout": self.conn.negotiated or self.conn.options.session_timeout,
         }
-        path = self.store.create(
+        path = self.nodes.create(
             "register",
-            self.store.path(f"{PREFIX}{self.node}_"),
+            self.conn.path(f"{PREFIX}{self.node}_"),
             dump(info),
             ephemeral=True,
             sequence=True,
@@ -222,13 +168,14 @@ class ZooKeeperElection(ElectionBackend):
         """Another incarnation's node of our name: a live daemon (DuplicateNode) or a dead one
         whose session has yet to expire (BackendUnavailable until it does)."""
         pid, host = info.get("pid"), info.get("host")
-        where = f"pid {pid} on {host}"
+        where = f"pid {pid!r} on {host!r}"
         now = time.monotonic()
         first = self.same_name_seen.setdefault(contender.name, now)
-        theirs = float(info.get("session_timeout") or 0)
-        limit = max(theirs, self.store.negotiated or self.store.options.session_timeout)
+        theirs = info.get("session_timeout")
+        theirs = min(float(theirs), 300.0) if isinstance(theirs, (int, float)) else 0.0
+        limit = max(theirs, self.conn.negotiated or self.conn.options.session_timeout)
         limit += EXPIRY_GRACE
-        if (host == self.host and isinstance(pid, int) and _pid_alive(pid)) or now - first > limit:
+        if (host == self.host and isinstance(pid, int) and pid_alive(pid)) or now - first > limit:
             raise DuplicateNode(
                 f"node {self.node!r} already runs in cluster {self.cluster!r} ({where}); "
                 "give this daemon another node name"
@@ -240,7 +187,7 @@ class ZooKeeperElection(ElectionBackend):
 
     def _delete(self, name: str) -> None:
         try:
-            self.store.call("delete", lambda: self.client.delete_async(self.store.path(name)))
+            self.conn.call("delete", lambda: self.client.delete_async(self.conn.path(name)))
         except NoNodeError:
             pass
 
@@ -256,16 +203,16 @@ class ZooKeeperElection(ElectionBackend):
         names = [c.name for c in line]
         if self.contender.name not in names:
             self._drop()
-            self.store.wake()  # register again at once
+            self.conn.wake()  # register again at once
             return False
         mine = names.index(self.contender.name)
         # The leader watches its own node, a standby only its predecessor (no herd).
-        watched = self.store.path(names[mine - 1] if mine else self.contender.name)
-        there = self.store.call(
-            "watch", lambda: self.client.exists_async(watched, watch=self.store.wake)
+        watched = self.conn.path(names[mine - 1] if mine else self.contender.name)
+        there = self.conn.call(
+            "watch", lambda: self.client.exists_async(watched, watch=self.conn.wake)
         )
         if there is None:
-            self.store.wake()  # it vanished meanwhile: look again at once
+            self.conn.wake()  # it vanished meanwhile: look again at once
             return False
         if mine == 0:
             self.leading_session = sid
@@ -280,14 +227,14 @@ class ZooKeeperElection(ElectionBackend):
                 "ZooKeeper connection suspended; leadership holds only until the session "
                 "could expire"
             )
-        sid = self.store.session_id()
+        sid = self.conn.session_id()
         if state == KazooState.LOST or (sid is not None and sid != self.leading_session):
-            self._drop()
+            self._drop(give_up=True)
             return False
         if sid is None:
-            raise BackendUnavailable(f"not connected to ZooKeeper (state {self.store.state})")
+            raise BackendUnavailable(f"not connected to ZooKeeper (state {self.conn.state})")
         if not self._prove(reclaim=True):
-            self._drop()
+            self._drop(give_up=True)
             return False
         if self.client.state != KazooState.CONNECTED:
             raise BackendUnavailable("ZooKeeper connection suspended during the renew")
@@ -297,25 +244,25 @@ class ZooKeeperElection(ElectionBackend):
         """One atomic proof: our contender exists and the breadcrumb is still ours (its write
         also records, as its mtime, when this proof happened on the server)."""
         assert self.contender is not None
-        own = self.store.path(self.contender.name)
+        own = self.conn.path(self.contender.name)
         version = self.crumb_version
 
         def txn() -> Any:
             t = self.client.transaction()
             t.check(own, -1)
             if version is not None:
-                t.set_data(self.store.path("leader"), self._crumb(self.epoch), version=version)
+                t.set_data(self.conn.path("leader"), self._crumb(self.epoch), version=version)
             return t.commit_async()
 
-        results = self.store.call("renew", txn)
-        if _ok(results):
+        results = self.conn.call("renew", txn)
+        if txn_ok(results):
             if version is not None:
                 self.crumb_version = results[1].version
             return True
         if isinstance(results[0], NoNodeError) or not reclaim:
             return False
         # The breadcrumb moved: our own write whose reply was lost, or a newer leader's.
-        got = self.store.read("read the breadcrumb", self.store.path("leader"))
+        got = self.nodes.read("read the breadcrumb", self.conn.path("leader"))
         info = load(got[0]) if got else {}
         if not got or not isinstance(info, dict) or info.get("token") != self.token:
             return False
@@ -325,7 +272,7 @@ class ZooKeeperElection(ElectionBackend):
         return self._prove(reclaim=False)  # prove afresh: that write may be older than now
 
     def _crumb(self, epoch: int, released: bool = False) -> bytes:
-        granted = self.store.negotiated
+        granted = self.conn.negotiated
         bound = min(self.lease, granted) if granted else self.lease
         info = {
             "node": self.node,
@@ -350,18 +297,18 @@ class ZooKeeperElection(ElectionBackend):
     def bump_epoch(self) -> int:
         if self.leading_session is None or self.contender is None:
             raise BackendUnavailable("not the leader: cannot take an epoch")
-        own = self.store.path(self.contender.name)
+        own = self.conn.path(self.contender.name)
         for _ in range(EPOCH_TRIES):
             epoch_data, epoch_stat = self._read_layout("epoch")
             crumb_data, crumb_stat = self._read_layout("leader")
-            epoch = _int(epoch_data) + 1
-            self.previous = self._previous(load(crumb_data), crumb_stat.mtime)
+            epoch = as_int(epoch_data) + 1
+            self.previous = self._previous(crumb_data, crumb_stat.mtime)
             writes = [
-                (self.store.path("epoch"), str(epoch).encode(), epoch_stat.version),
-                (self.store.path("leader"), self._crumb(epoch), crumb_stat.version),
+                (self.conn.path("epoch"), str(epoch).encode(), epoch_stat.version),
+                (self.conn.path("leader"), self._crumb(epoch), crumb_stat.version),
             ]
-            results = self.store.call("take the epoch", lambda w=writes: self._txn(own, w))
-            if _ok(results):
+            results = self.conn.call("take the epoch", partial(self._txn, own, writes))
+            if txn_ok(results):
                 self.epoch, self.crumb_version = epoch, results[2].version
                 self.bumped_at = (results[2].mtime, time.monotonic())
                 return epoch
@@ -370,23 +317,26 @@ class ZooKeeperElection(ElectionBackend):
                 raise BackendUnavailable("lost leadership while taking the epoch")
         raise BackendUnavailable("the epoch kept changing while taking it; will retry")
 
-    def _previous(self, info: Any, mtime: int) -> Breadcrumb | None:
+    def _previous(self, data: bytes, mtime: int) -> Breadcrumb | None:
         """The leader before us: the breadcrumb, or what our own unreleased one recorded (a
         bump of ours whose reply was lost)."""
+        info = load(data)
         crumb = Breadcrumb.parse(info, mtime)
+        if crumb is None and (data or b"").strip() not in (b"", b"{}"):  # overwritten: assume one
+            return Breadcrumb("an unreadable breadcrumb", 0, "", 0, False, mtime)
         if crumb is not None and crumb.token == self.token and not crumb.released:
             before = info.get("before")
             return Breadcrumb.parse(before, 0) if isinstance(before, dict) else None
         return crumb
 
     def _read_layout(self, name: str) -> tuple[bytes, Any]:
-        got = self.store.read(f"read {name}", self.store.path(name))
+        got = self.nodes.read(f"read {name}", self.conn.path(name))
         if got is None:
-            self.store.layout_ready = False
-            self.store.ensure_layout()
-            got = self.store.read(f"read {name}", self.store.path(name))
+            self.nodes.layout_ready = False
+            self.nodes.ensure_layout()
+            got = self.nodes.read(f"read {name}", self.conn.path(name))
         if got is None:
-            raise BackendUnavailable(f"ZooKeeper node {self.store.path(name)} keeps vanishing")
+            raise BackendUnavailable(f"ZooKeeper node {self.conn.path(name)} keeps vanishing")
         return got
 
     def fence(self, epoch: int, force: bool) -> FenceReport:
@@ -413,28 +363,27 @@ class ZooKeeperElection(ElectionBackend):
     def release(self) -> None:
         contender, version = self.contender, self.crumb_version
         leading = self.leading_session is not None
-        self._drop()
+        self._drop(give_up=True)  # if the delete fails, a later registration deletes it
         if contender is None:
             return
-        self.given_up.add(contender.name)  # deleted later if this fails: never adopted again
-        own = self.store.path(contender.name)
+        own = self.conn.path(contender.name)
         if leading and version is not None:
             crumb = self._crumb(self.epoch, released=True)
 
             def txn() -> Any:
                 t = self.client.transaction()
-                t.set_data(self.store.path("leader"), crumb, version=version)
+                t.set_data(self.conn.path("leader"), crumb, version=version)
                 t.delete(own)
                 return t.commit_async()
 
-            if _ok(self.store.call("release", txn)):
+            if txn_ok(self.conn.call("release", txn)):
                 return
         self._delete(contender.name)
 
     def leader(self) -> LeaderInfo:
         line = self._contenders()
-        got = self.store.read("read the epoch", self.store.path("epoch"))
-        return LeaderInfo(line[0].node if line else None, _int(got[0]) if got else 0)
+        got = self.nodes.read("read the epoch", self.conn.path("epoch"))
+        return LeaderInfo(line[0].node if line else None, as_int(got[0]) if got else 0)
 
     def stand_aside(self, flags: ClusterFlags) -> None:
         """Leave the queue while a switchover to a node behind us is pending: standbys only
@@ -450,77 +399,14 @@ class ZooKeeperElection(ElectionBackend):
 
     # -- wake-ups and shutdown --------------------------------------------------------------
     def watch_fd(self) -> int | None:
-        return self.store.wake_rd
+        return self.conn.wake_rd
 
     def changed(self) -> bool:
-        return self.store.drain()
+        return self.conn.drain()
 
     def close(self) -> None:
         if self.leading_session is not None:
             # Not released, so the child is not proven gone: closing the session would free
             # leadership at once. Let it expire instead (after the keeper's deadline).
             self.warn("closing without a release: the ZooKeeper session is left to expire")
-        self.store.close(graceful=self.leading_session is None)
-
-
-def _int(data: bytes | None) -> int:
-    try:
-        return int(data or b"0")
-    except ValueError:
-        return 0
-
-
-class SwitchoverAware(MemberStore):
-    """A member store whose `flags()` also lets the election step aside for a switchover
-    target behind it in the queue (see `ZooKeeperElection.stand_aside`)."""
-
-    def __init__(self, inner: MemberStore, election: ZooKeeperElection) -> None:
-        self.inner = inner
-        self.election = election
-
-    def heartbeat(self, state: MemberState) -> None:
-        self.inner.heartbeat(state)
-
-    def members(self) -> list[MemberRecord]:
-        return self.inner.members()
-
-    def begin_term(self, epoch: int, node: str, reason: str) -> None:
-        self.inner.begin_term(epoch, node, reason)
-
-    def end_term(self, epoch: int, reason: str) -> None:
-        self.inner.end_term(epoch, reason)
-
-    def flags(self) -> ClusterFlags:
-        flags = self.inner.flags()
-        try:
-            self.election.stand_aside(flags)
-        except BackendUnavailable:
-            pass  # the next tick tries again
-        return flags
-
-    def set_paused(self, paused: bool) -> None:
-        self.inner.set_paused(paused)
-
-    def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
-        self.inner.request_switchover(from_node, to_node)
-
-    def clear_switchover(self) -> None:
-        self.inner.clear_switchover()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # e.g. history()
-
-
-def negotiated_session_timeout(settings: Settings, wait: float = 5.0) -> float | None:
-    """Connect once and return the session timeout the servers grant (None: unreachable).
-
-    A running daemon reports it as `effective_lease()` (`/status` timings)."""
-    store = ZkStore(zk_options(settings))
-    try:
-        store.start(wait)
-        return store.negotiated
-    finally:
-        store.close()
+        self.conn.close(graceful=self.leading_session is None)

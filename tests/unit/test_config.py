@@ -205,3 +205,8 @@ def test_dsn_with_password() -> None:
     )
     assert dsn_with_password("host=h user=u password=old", "n'ew") == "host=h user=u password='n\\'ew'"
     assert "old" not in dsn_with_password("postgresql://u@h/d?password=old", "new")
+
+
+def test_infinite_number_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_fast_failures: expected int"):
+        load(tmp_path, "max_fast_failures = inf\n")
