@@ -93,10 +93,17 @@ def one_run(cluster: Cluster, scenario: str) -> float:
 
 
 def bench(
-    backend: str, scenario: str, runs: int, make_dsn: Callable[[], str] | None
+    backend: str,
+    scenario: str,
+    runs: int,
+    make_dsn: Callable[[], str] | None,
+    zk_hosts: str | None = None,
 ) -> list[float]:
     settings = dict(SETTINGS, backend=backend)
     probe: tuple[str, ...] = ()
+    if backend == "zookeeper":
+        assert zk_hosts is not None
+        settings["zookeeper.hosts"] = f"{zk_hosts}/bench-{scenario}-{time.monotonic_ns()}"
     if backend == "postgres":
         assert make_dsn is not None
         dsn = make_dsn()
@@ -127,7 +134,7 @@ def row(backend: str, scenario: str, values: list[float]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--backends", default="local,postgres")
+    p.add_argument("--backends", default="local,postgres,zookeeper")
     p.add_argument("--scenarios", default="graceful,kill9,sigstop")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "takeover.md"))
     args = p.parse_args()
@@ -141,6 +148,14 @@ def main() -> int:
         server.start()
         counter = iter(range(1000))
         make_dsn = lambda: server.create_database(f"bench_{next(counter)}")  # noqa: E731
+    zk = None
+    zk_hosts = None
+    if "zookeeper" in backends:
+        from tests.servers import ZooKeeperServer
+
+        zk = ZooKeeperServer(tick_time_ms=200, max_session_timeout_ms=20000)
+        zk.start()
+        zk_hosts = zk.hosts
     lines = [
         f"Takeover latency, seconds ({platform.node()}: {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, lease {LEASE:g} s, loop 1 s, "
@@ -152,12 +167,14 @@ def main() -> int:
     try:
         for backend in backends:
             for scenario in args.scenarios.split(","):
-                values = bench(backend, scenario, args.runs, make_dsn)
+                values = bench(backend, scenario, args.runs, make_dsn, zk_hosts)
                 lines.append(row(backend, scenario, values))
                 print(lines[-1], flush=True)
     finally:
         if server is not None:
             server.close()
+        if zk is not None:
+            zk.close()
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
