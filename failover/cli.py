@@ -63,6 +63,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if missing:
         warnings.append(f"command: {missing}")
     warnings += airflowdb.environment_warnings(os.environ, settings.metadata_dsn is not None)
+    if settings.backend == "zookeeper":
+        from failover.config import zookeeper_session_seconds
+
+        print(
+            f"zookeeper session: {zookeeper_session_seconds(settings):g} s requested; the servers "
+            "may grant another value (shown as effective_lease_seconds in /status)",
+            file=sys.stderr,
+        )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("configuration is valid", file=sys.stderr)
