@@ -30,6 +30,7 @@ import glob
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import socket
@@ -811,6 +812,10 @@ def zk_classpath() -> list[str]:
         jar = Path("/usr/share/java") / name
         if jar.is_file():
             cp.append(str(jar))
+    # Netty (unversioned jar names), for the Netty connection factory that TLS needs.
+    cp += sorted(
+        j for j in glob.glob("/usr/share/java/netty-*.jar") if not re.search(r"-\d", Path(j).name)
+    )
     return cp
 
 
