@@ -210,3 +210,12 @@ def test_dsn_with_password() -> None:
 def test_infinite_number_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_fast_failures: expected int"):
         load(tmp_path, "max_fast_failures = inf\n")
+
+
+def test_sslmode_disable_to_a_remote_host_is_warned(tmp_path: Path) -> None:
+    remote = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example.com/a?sslmode=disable"})
+    assert any("sslmode=disable to remote host db.example.com" in w for w in remote.warnings)
+    local = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@127.0.0.1/a?sslmode=disable"})
+    assert local.warnings == ()
+    verified = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example.com/a?sslmode=verify-full"})
+    assert verified.warnings == ()
