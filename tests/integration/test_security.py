@@ -87,9 +87,10 @@ def test_least_privilege_cluster_leaks_no_secret(
                 c.start(node)
             leader, epoch = c.leader_child()
             port = ports["s2" if leader == "s1" else "s1"]  # the survivor's endpoint
-            # Fencing with the least-privilege role: an old-epoch session of another role.
+            # Fencing with the least-privilege role: a leaked session of this epoch, owned by
+            # Airflow's role, must be terminated by the next leader before its child starts.
             straggler = psycopg2.connect(
-                app_dsn, application_name=f"failover:{c.cluster}:ghost:{int(epoch) - 1}"
+                app_dsn, application_name=f"failover:{c.cluster}:ghost:{epoch}"
             )
             c.signal(leader, 9)
             c.leader_child(exclude=[leader], timeout=20)
