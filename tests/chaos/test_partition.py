@@ -8,71 +8,17 @@ standby. Samplers: one child tree and one epoch's DB sessions at every 50 ms sam
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ..harness import Cluster, DbSampler, Sampler, wait_until
+from .conftest import Host
 
 pytestmark = pytest.mark.chaos
 LEASE = 3.0
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@dataclass
-class Host:
-    """A network namespace joined to the root namespace by a veth pair (a /30 of its own)."""
-
-    ns: str
-    host_if: str
-    host_ip: str
-    ns_ip: str
-
-    def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns]
-
-    def cut(self) -> None:
-        ip("link", "set", self.host_if, "down")
-
-    def heal(self) -> None:
-        ip("link", "set", self.host_if, "up")
-
-
-@pytest.fixture
-def host() -> Iterator[Host]:
-    if shutil.which("ip") is None:
-        pytest.fail("iproute2 is needed (scripts/test installs it)", pytrace=False)
-    tag = uuid.uuid4().hex[:6]
-    octet = int(tag[:2], 16) % 200 + 20
-    h = Host(f"fo-{tag}", f"fo-h{tag}", f"10.231.{octet}.1", f"10.231.{octet}.2")
-    ip("netns", "add", h.ns)
-    try:
-        ip("link", "add", h.host_if, "type", "veth", "peer", "name", f"fo-n{tag}")
-        ip("link", "set", f"fo-n{tag}", "netns", h.ns)
-        ip("addr", "add", f"{h.host_ip}/30", "dev", h.host_if)
-        ip("link", "set", h.host_if, "up")
-        ip("netns", "exec", h.ns, "ip", "addr", "add", f"{h.ns_ip}/30", "dev", f"fo-n{tag}")
-        ip("netns", "exec", h.ns, "ip", "link", "set", f"fo-n{tag}", "up")
-        ip("netns", "exec", h.ns, "ip", "link", "set", "lo", "up")
-        yield h
-    finally:
-        pids = subprocess.run(
-            ["ip", "netns", "pids", h.ns], capture_output=True, text=True, check=False
-        )
-        for pid in pids.stdout.split():
-            subprocess.run(["kill", "-9", pid], check=False)
-        subprocess.run(["ip", "link", "del", h.host_if], check=False, capture_output=True)
-        subprocess.run(["ip", "netns", "del", h.ns], check=False, capture_output=True)
 
 
 def test_leader_partitioned_from_postgres(host: Host, pg_factory: Any, tmp_path: Path) -> None:
