@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from failover.errors import ConfigError
+from failover.errors import BackendUnavailable, ConfigError
 
 IMDS = "http://169.254.169.254"
 SECRET_PREFIX = "secretsmanager:"
@@ -129,10 +129,18 @@ class IamTokens:
     def password(self) -> str:
         now = self.clock()
         if now - self.made_at >= TOKEN_REFRESH:
-            self.token = str(
-                self.client.generate_db_auth_token(
-                    DBHostname=self.host, Port=self.port, DBUsername=self.user, Region=self.region
+            try:
+                self.token = str(
+                    self.client.generate_db_auth_token(
+                        DBHostname=self.host,
+                        Port=self.port,
+                        DBUsername=self.user,
+                        Region=self.region,
+                    )
                 )
-            )
+            except Exception as err:
+                raise BackendUnavailable(
+                    f"cannot make an RDS IAM token: {type(err).__name__}"
+                ) from None
             self.made_at = now
         return self.token

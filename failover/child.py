@@ -163,7 +163,11 @@ class Child:
 
     def extend(self, run_until: float) -> None:
         """Let the child run until `run_until` (only ever after a proven renew)."""
-        if self.link is not None and self.state in (ChildState.STARTING, ChildState.RUNNING):
+        if self.link is not None and self.state in (
+            ChildState.STARTING,
+            ChildState.RUNNING,
+            ChildState.STOPPING,  # a graceful stop keeps its stop_timeout while the lease holds
+        ):
             self.link.send(f"RUN-UNTIL {run_until:.6f}")
 
     def stop(self, hard: bool = False) -> None:

@@ -5,6 +5,7 @@ No sleeps, no threads, no drivers: everything it touches is passed in.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from failover.errors import BackendUnavailable, ChildError
 from failover.health import Health, HealthPolicy, JobSource, Verdict, judge
 
 FAST_TICK = 0.02
+SETTLE_TICK = 0.1
 
 
 class Role(enum.Enum):
@@ -109,13 +111,20 @@ class Controller:
         if self.role is Role.STANDBY and self.shutting_down and self.child.gone:
             self.role = Role.STOPPED
             sentence = f"{sentence}; shut down"
-        fast = self.role in (Role.FENCING, Role.DEMOTING) or self.role is not before
+        # Right after a change: look again at once. While fencing or demoting: keeper, NOTIFY,
+        # watch and wake-up descriptors end the wait early; a short poll covers the rest.
+        if self.role is not before:
+            wait = FAST_TICK
+        elif self.role in (Role.FENCING, Role.DEMOTING):
+            wait = min(self.t.loop, SETTLE_TICK)
+        else:
+            wait = self.t.loop
         result = TickResult(
             sentence=sentence,
             role=self.role,
             epoch=self.epoch,
             leader=self.leader,
-            wait=FAST_TICK if fast else self.t.loop,
+            wait=wait,
             paused=self.flags.paused,
             backend_up=self.backend_up,
             transition=transition,
@@ -227,7 +236,7 @@ class Controller:
         """A standby keeps a keeper started in advance, so promotion skips its start-up."""
         try:
             self.child.prepare(now, self._keeper_env(), self._keeper_args())
-        except ChildError as err:
+        except (ChildError, BackendUnavailable) as err:
             self.child.warm_error = str(err)
             self.child.warm_retry_at = now + self.t.loop
 
@@ -242,7 +251,7 @@ class Controller:
             self.child.start(
                 now, self.epoch, self.self_fence_deadline, self._keeper_env(), self._keeper_args()
             )
-        except ChildError as err:
+        except (ChildError, BackendUnavailable) as err:
             self._demote("child start failed")
             return f"cannot start the child ({err}); giving leadership up", "child_start_failed"
         transition = "elected" if self.role is Role.FENCING else None
@@ -290,12 +299,17 @@ class Controller:
         target = self.flags.switchover_to
         if target is None or self.flags.switchover_from not in (None, self.node):
             return None
-        if target == self.node:
-            self.store.clear_switchover()
-            return None
-        candidates = self._healthy_standbys()
-        if (target and target not in candidates) or not candidates:
-            self.store.clear_switchover()
+        try:
+            if target == self.node:
+                self.store.clear_switchover()
+                return None
+            candidates = self._healthy_standbys()
+            refused = (target and target not in candidates) or not candidates
+            if refused:
+                self.store.clear_switchover()
+        except BackendUnavailable:
+            return None  # cannot check the request now: no switchover this tick
+        if refused:
             wanted = target or "any standby"
             return f"switchover to {wanted} refused: no such healthy standby; staying leader", None
         return self._demote_now("switchover")
@@ -386,7 +400,8 @@ class Controller:
         self.self_fence_deadline = now + self._self_fence()
         self.fence_deadline = None
         if self.flags.switchover_to is not None:
-            self.store.clear_switchover()
+            with contextlib.suppress(BackendUnavailable):
+                self.store.clear_switchover()
         try:
             self.store.begin_term(self.epoch, self.node, "elected")
         except BackendUnavailable:

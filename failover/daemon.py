@@ -115,6 +115,8 @@ RESTART_ONLY = (
     "http",
     "airflow",
     "keeper",
+    "lease_seconds",  # the backend's session settings and every fence wait assume it
+    "self_fence_margin_seconds",
 )
 
 
@@ -311,7 +313,7 @@ class Daemon:
                 fds.append(self.child.link.fileno())
             if self.child.warm is not None:
                 fds.append(self.child.warm.fileno())
-            if self.sidecar is not None and self.child.warm is None:
+            if self.sidecar is not None and self._may_accept():
                 fds.append(self.sidecar.fileno())  # a keeper container (re)connecting
             watch = self.backend.watch_fd()
             if watch is not None:
@@ -328,6 +330,17 @@ class Daemon:
                 return
             if (watch in readable or poll) and self.backend.changed():
                 return
+
+    def _may_accept(self) -> bool:
+        """Only a standby that would take a warm keeper now: else a pending connection would
+        make every select return at once."""
+        c = self.child
+        return (
+            self.controller.role is Role.STANDBY
+            and c.warm is None
+            and c.gone
+            and boottime() >= c.warm_retry_at
+        )
 
     def _close(self) -> None:
         if self.http is not None:

@@ -142,3 +142,29 @@ def dsn_with_password(dsn: str, password: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
     query.append(("password", password))
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def scrub(text: str, dsn: str) -> str:
+    """`text` (a driver's error, say) with every form of the DSN's password replaced by ***."""
+    secrets: set[str] = set()
+    raw = dsn.strip()
+    if "://" in raw:
+        netloc = raw.split("://", 1)[1].split("/", 1)[0]
+        userinfo = netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            secrets.add(userinfo.split(":", 1)[1])
+        query = raw.partition("?")[2]
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key.lower() == "password":
+                secrets.add(value)
+    else:
+        for key, value in _KV_PAIR.findall(raw):
+            if key.lower() == "password":
+                secrets.add(value)
+                secrets.add(value.strip("'"))
+    for secret in sorted(secrets, key=len, reverse=True):
+        for form in {secret, unquote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text

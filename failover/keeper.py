@@ -231,6 +231,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--lock-wait", type=float, default=5.0, help="how long to wait for the lock")
     p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
     p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
+    p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = p.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -244,7 +245,7 @@ def _proof(args: argparse.Namespace) -> Proof | None:
     if args.pg_dsn_env:
         # The DSN (with its password) reaches us by env, never argv, and not the child.
         dsn = os.environ.pop(args.pg_dsn_env, "")
-        return PgSessionProof(dsn, args.name, args.pg_channel)
+        return PgSessionProof(dsn, args.name, args.pg_channel, args.pg_epoch_table)
     if args.lock_file:
         return LockFileProof(args.lock_file, args.lock_wait)
     return None
@@ -326,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             proof.release()
         return 0
     epoch, keeper.run_until = keeper.go
+    return _start_and_run(keeper, proof, args.name, epoch, rd)
+
+
+def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, wake_fd: int) -> int:
+    """After GO: take the proof of life, start the child, run until its tree is gone."""
     if proof is not None:
         if not proof.activate(epoch):
             keeper.send(f"ERROR {proof.error}")
@@ -336,10 +342,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if boottime() >= keeper.run_until:
         keeper.send("GONE run-until deadline passed before start")
         return EXIT_START_FAILED
-    if not keeper.start(_child_env(args.name, epoch)):
+    if not keeper._read_control() or keeper.stop_started is not None or keeper.reason:
+        keeper.send("GONE stopped before start")  # GO and EOF/KILL arrived together
+        if proof is not None:
+            proof.release()
+        return 0
+    if not keeper.start(_child_env(name, epoch)):
         keeper.send("GONE start failed")
         return EXIT_START_FAILED
-    keeper.run(rd)
+    keeper.run(wake_fd)
     keeper.send(f"GONE {keeper.reason or 'child exited'}")
     if proof is not None:
         proof.release()

@@ -193,11 +193,15 @@ class SidecarLauncher:
             sock, _ = self.server.accept()
         except BlockingIOError:
             raise ChildError(f"no keeper has connected to {self.path} yet") from None
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
-        shared = {k: v for k, v in env.items() if k.startswith("FAILOVER_")}
-        init = {"args": [*keeper_args, "--stop-timeout", str(stop_timeout)], "env": shared}
-        sock.sendall(b"INIT " + json.dumps(init).encode() + b"\n")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0]
+            shared = {k: v for k, v in env.items() if k.startswith("FAILOVER_")}
+            init = {"args": [*keeper_args, "--stop-timeout", str(stop_timeout)], "env": shared}
+            sock.sendall(b"INIT " + json.dumps(init).encode() + b"\n")
+        except OSError as err:
+            sock.close()  # the keeper went away between connect and accept
+            raise ChildError(f"keeper on {self.path} left before INIT: {err.strerror}") from None
         sock.setblocking(False)
         return SocketKeeperLink(None, sock, pid)
 

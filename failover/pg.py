@@ -17,6 +17,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from failover.dsn import scrub
 from failover.errors import BackendUnavailable
 
 
@@ -54,9 +55,11 @@ class SessionTimings:
         return settings
 
 
-def one_line(err: BaseException) -> str:
+def one_line(err: BaseException, dsn: str = "") -> str:
+    """The first line of a driver error, with the DSN's password scrubbed out."""
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    line = text[0] if text else type(err).__name__
+    return scrub(line, dsn) if dsn else line
 
 
 class Session:
@@ -100,7 +103,7 @@ class Session:
             self.conn = self._connect()
         except psycopg2.Error as err:
             self.failures += 1
-            self.last_error = one_line(err)
+            self.last_error = one_line(err, self.dsn)
             self.next_attempt = now + min(0.25 * 2 ** min(self.failures, 5), 5.0)
             raise BackendUnavailable(f"cannot connect to PostgreSQL: {self.last_error}") from err
         self.failures = 0
@@ -154,12 +157,12 @@ class Session:
         except psycopg2.Error as err:
             if isinstance(err, psycopg2.errors.QueryCanceled) and not conn.closed:
                 raise BackendUnavailable(
-                    f"PostgreSQL statement timed out: {one_line(err)}"
+                    f"PostgreSQL statement timed out: {one_line(err, self.dsn)}"
                 ) from err
             if not isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-                raise BackendUnavailable(f"PostgreSQL refused: {one_line(err)}") from err
+                raise BackendUnavailable(f"PostgreSQL refused: {one_line(err, self.dsn)}") from err
             self.close()
-            self.last_error = one_line(err)
+            self.last_error = one_line(err, self.dsn)
             raise BackendUnavailable(f"PostgreSQL connection lost: {self.last_error}") from err
 
     def fileno(self) -> int | None:

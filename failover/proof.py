@@ -96,10 +96,13 @@ class PgSessionProof:
     Opened while warm (named `<name>:standby`) so "go" costs one round trip.
     """
 
-    def __init__(self, dsn: str, name: str, channel: str | None) -> None:
+    def __init__(
+        self, dsn: str, name: str, channel: str | None, epoch_table: str | None = None
+    ) -> None:
         self.dsn = dsn
         self.name = name
         self.channel = channel
+        self.epoch_table = epoch_table  # "<table>:<cluster>": refuse GO for a superseded epoch
         self.conn: Any = None
         self.error = ""
 
@@ -117,20 +120,37 @@ class PgSessionProof:
                 keepalives_count=3,
             )
         except psycopg2.Error as err:
+            from failover.dsn import scrub
+
             text = str(err).strip()
-            self.error = (
-                f"cannot open the proof-of-life session: {text.splitlines()[0] if text else err!r}"
-            )
+            first = text.splitlines()[0] if text else type(err).__name__
+            self.error = f"cannot open the proof-of-life session: {scrub(first, self.dsn)}"
             return False
         self.conn.autocommit = True
         return True
 
     def activate(self, epoch: int) -> bool:
+        """Rename the session to this epoch's keeper, then make sure no newer epoch exists.
+
+        A new leader bumps the epoch before it looks for older keepers, and we rename before
+        we look at the epoch: so either it sees us and waits, or we see it and refuse.
+        """
         try:
             with self.conn.cursor() as cur:
                 cur.execute("SET application_name = %s", (f"{self.name}:{epoch}:keeper",))
+                if self.epoch_table:
+                    table, _, cluster = self.epoch_table.partition(":")
+                    cur.execute(
+                        f'SELECT epoch FROM "{table}" WHERE cluster = %s',
+                        (cluster,),
+                    )
+                    row = cur.fetchone()
+                    if row is not None and int(row[0]) > epoch:
+                        self.error = f"epoch {row[0]} superseded ours ({epoch}): not starting"
+                        return False
         except Exception as err:
-            self.error = f"proof-of-life session failed: {str(err).strip().splitlines()[0:1]}"
+            text = str(err).strip().splitlines()
+            self.error = f"proof-of-life session failed: {text[0] if text else type(err).__name__}"
             return False
         return True
 

@@ -248,7 +248,14 @@ class PostgresElection(ElectionBackend):
         return LeaderInfo(name.split(":")[2] if name.count(":") == 2 else name, epoch)
 
     def keeper_args(self) -> list[str]:
-        return ["--pg-dsn-env", "FAILOVER_KEEPER_DSN", "--pg-channel", self.channel]
+        return [
+            "--pg-dsn-env",
+            "FAILOVER_KEEPER_DSN",
+            "--pg-channel",
+            self.channel,
+            "--pg-epoch-table",
+            f"{self.prefix}cluster:{self.cluster}",
+        ]
 
     def keeper_env(self) -> dict[str, str]:
         if self.password is None:

@@ -237,3 +237,34 @@ def test_pg_proof_session_named_by_epoch_and_kills_tree_when_cut(
     assert any("proof-of-life session lost" in line for line in lines), lines
     assert not tagged_processes(tag)
     link.cleanup()
+
+
+@pytest.mark.integration
+def test_pg_keeper_refuses_a_superseded_epoch(tmp_path: Path, pg_dsn: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE failover_cluster (cluster text PRIMARY KEY, epoch bigint)")
+        cur.execute("INSERT INTO failover_cluster VALUES ('t', 6)")  # a newer leader bumped to 6
+    conn.close()
+    tag = f"probe-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, PROBE, "--tag", tag, "--record", str(tmp_path / "r.log")]
+    env = {**os.environ, "FAILOVER_KEEPER_DSN": pg_dsn}
+    args = [
+        "--name",
+        "failover:t:k",
+        "--pg-dsn-env",
+        "FAILOVER_KEEPER_DSN",
+        "--pg-epoch-table",
+        "failover_cluster:t",
+    ]
+    link = KeeperLauncher().launch(command, env, 5, args)
+    lines_until(link, "READY")
+    link.send(f"GO 5 {boottime() + 30:.6f}")  # a late GO for the superseded epoch 5
+    lines = lines_until(link, "GONE")
+    assert any("superseded" in line for line in lines), lines
+    assert not any(line.startswith("STARTED") for line in lines)
+    assert not tagged_processes(tag)
+    link.cleanup()

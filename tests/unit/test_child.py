@@ -83,13 +83,22 @@ def test_keeper_death_without_gone_is_cleaned_up() -> None:
     assert "cleaned up" in launcher.log[-1]
 
 
-def test_extend_only_while_running() -> None:
+def test_extend_while_alive_and_stopping_not_after() -> None:
     child, launcher = make()
     child.start(0, 1, 9, {})
     child.extend(10)
     child.stop()
-    child.extend(11)
-    assert launcher.last.sent == ["GO 1 9.000000", "RUN-UNTIL 10.000000", "STOP"]
+    child.extend(11)  # a graceful stop keeps its stop_timeout while the lease is renewed
+    assert launcher.last.sent == [
+        "GO 1 9.000000",
+        "RUN-UNTIL 10.000000",
+        "STOP",
+        "RUN-UNTIL 11.000000",
+    ]
+    launcher.last.inbox.append("GONE stop requested")
+    child.poll(1)
+    child.extend(12)
+    assert launcher.last.sent[-1] == "RUN-UNTIL 11.000000"
 
 
 def test_child_env_drops_stale_epoch_names() -> None:

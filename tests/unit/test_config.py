@@ -203,7 +203,9 @@ def test_dsn_with_password() -> None:
     assert dsn_with_password("postgresql://u@h:5432/d?sslmode=require", "t/k=n") == (
         "postgresql://u@h:5432/d?sslmode=require&password=t%2Fk%3Dn"
     )
-    assert dsn_with_password("host=h user=u password=old", "n'ew") == "host=h user=u password='n\\'ew'"
+    assert (
+        dsn_with_password("host=h user=u password=old", "n'ew") == "host=h user=u password='n\\'ew'"
+    )
     assert "old" not in dsn_with_password("postgresql://u@h/d?password=old", "new")
 
 
@@ -213,9 +215,31 @@ def test_infinite_number_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_sslmode_disable_to_a_remote_host_is_warned(tmp_path: Path) -> None:
-    remote = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example.com/a?sslmode=disable"})
+    remote = load(
+        tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example.com/a?sslmode=disable"}
+    )
     assert any("sslmode=disable to remote host db.example.com" in w for w in remote.warnings)
-    local = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@127.0.0.1/a?sslmode=disable"})
+    local = load(
+        tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@127.0.0.1/a?sslmode=disable"}
+    )
     assert local.warnings == ()
-    verified = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example.com/a?sslmode=verify-full"})
+    verified = load(
+        tmp_path,
+        env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example.com/a?sslmode=verify-full"},
+    )
     assert verified.warnings == ()
+
+
+def test_scrub_removes_every_form_of_the_password() -> None:
+    from failover.dsn import scrub
+
+    dsn = "postgresql://u:s3cr%zzet@db/a"
+    assert (
+        scrub('invalid percent-encoded token: "s3cr%zzet"', dsn)
+        == 'invalid percent-encoded token: "***"'
+    )
+    assert "p@ss" not in scrub("auth failed for p@ss", "postgresql://u:p%40ss@db/a")
+    assert (
+        scrub("bad password=hunter22 here", "host=h password=hunter22") == "bad password=*** here"
+    )
+    assert scrub("nothing secret", "postgresql://u@db/a") == "nothing secret"
