@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS {cluster} (
     switchover_from text,
     switchover_at timestamptz);
 ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS renewed_at timestamptz;
+ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS server_started timestamptz;
 CREATE TABLE IF NOT EXISTS {member} (
     cluster text NOT NULL,
     node text NOT NULL,

@@ -83,6 +83,7 @@ class PostgresElection(ElectionBackend):
         self.schema_ready = False
         self.signal_warned = False
         self.previous_silent_for: float | None = None
+        self.server_changed = False
 
     # -- helpers ----------------------------------------------------------------------------
     def _q(self, statement: Any, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
@@ -174,7 +175,8 @@ class PostgresElection(ElectionBackend):
                 "WITH held AS (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
                 "AND classid = %s AND objid = %s AND objsubid = 1 AND granted "
                 "AND pid = pg_backend_pid()) AS ok), "
-                "upd AS (UPDATE {t} SET renewed_at = now() WHERE cluster = %s "
+                "upd AS (UPDATE {t} SET renewed_at = now(), "
+                "server_started = pg_postmaster_start_time() WHERE cluster = %s "
                 "AND (SELECT ok FROM held) RETURNING 1) "
                 "SELECT ok FROM held"
             ).format(t=self._table()),
@@ -188,7 +190,9 @@ class PostgresElection(ElectionBackend):
                 "INSERT INTO {t} (cluster, epoch, leader) VALUES (%s, 1, %s) "
                 "ON CONFLICT (cluster) DO UPDATE "
                 "SET epoch = {t}.epoch + 1, leader = EXCLUDED.leader "
-                "RETURNING epoch, EXTRACT(EPOCH FROM now() - renewed_at)::float8"
+                "RETURNING epoch, EXTRACT(EPOCH FROM now() - renewed_at)::float8, "
+                "server_started IS NOT NULL "
+                "AND server_started <> pg_postmaster_start_time()"
             ).format(t=self._table()),
             (self.cluster, self.node),
         )
@@ -196,6 +200,9 @@ class PostgresElection(ElectionBackend):
             raise BackendUnavailable("lost the lock while taking the epoch")
         # How long the previous leader has not proven its lease (None: never recorded).
         self.previous_silent_for = float(rows[0][1]) if rows[0][1] is not None else None
+        # Another server than the one the previous leader renewed on: a promoted replica (its
+        # start time is old) whose replicated renewed_at may lag. Trust neither: wait a lease.
+        self.server_changed = bool(rows[0][2])
         return int(rows[0][0])
 
     def fence(self, epoch: int, force: bool) -> FenceReport:
@@ -212,6 +219,13 @@ class PostgresElection(ElectionBackend):
         )
         fresh = uptime < self.lease
         silent = self.previous_silent_for
+        if self.server_changed and not force:
+            return FenceReport(
+                pending=len(keepers) or 1,
+                wait_seconds=self.lease,
+                detail="the database server changed since the last renew (failover or promoted "
+                "replica): waiting one lease",
+            )
         if silent is not None and silent > self.lease:
             # Its last proven renew is older than a lease: the old keeper's own deadline
             # (last renew + lease - margin) has passed, so its tree is dead or dying now.

@@ -193,3 +193,28 @@ def test_recently_renewed_leader_is_waited_for(
     report = b.fence(2, force=False)
     assert report.pending >= 1 and not _is_dead(keeper)
     keeper.close()
+
+
+def test_promoted_replica_makes_the_next_leader_wait(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    a = make(elections, pg_dsn, "a", lease=2.0)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    # As if a replica had been promoted: the recorded server start is not this server's.
+    admin = open_session(pg_dsn, "admin")
+    with admin.cursor() as cur:
+        cur.execute(
+            "UPDATE failover_cluster SET server_started = server_started - interval '1 day', "
+            "renewed_at = renewed_at - interval '1 hour'"
+        )
+    admin.close()
+    a.release()
+    b = make(elections, pg_dsn, "b", lease=2.0)
+    assert b.try_acquire() and b.bump_epoch() == 2
+    report = b.fence(2, force=False)  # a stale (replicated) renewed_at must not shortcut the wait
+    assert report.pending == 1 and "server changed" in report.detail and report.wait_seconds == 2.0
+    assert b.fence(2, force=True).pending == 0
+    assert b.renew()
+    c = make(elections, pg_dsn, "c", lease=2.0)
+    b.release()
+    assert c.try_acquire() and c.bump_epoch() == 3 and not c.server_changed  # same server again
