@@ -63,30 +63,39 @@ def tagged_processes(tag: str) -> dict[int, dict[str, str]]:
     return found
 
 
-@dataclass
-class Sampler:
-    """Background thread: at most one epoch's probe tree alive at every 50 ms sample."""
+class Periodic:
+    """A background thread that runs `check()` every `interval` seconds: `check` returns a
+    violation text, None (a clean sample), or SKIP (no sample: the server is restarting)."""
 
-    tag: str
-    interval: float = 0.05
-    violations: list[str] = field(default_factory=list)
-    samples: int = 0
-    epochs_seen: set[str] = field(default_factory=set)
+    label = "the invariant"
+    SKIP = object()
 
-    def __post_init__(self) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.violations: list[str] = []
+        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            procs = tagged_processes(self.tag)
-            owners = {(p["node"], p["epoch"]) for p in procs.values()}
-            self.epochs_seen |= {p["epoch"] for p in procs.values()}
-            self.samples += 1
-            if len(owners) > 1:
-                self.violations.append(f"{time.monotonic():.3f}: {sorted(owners)} {procs}")
+    def check(self) -> Any:
+        raise NotImplementedError
 
-    def __enter__(self) -> Sampler:
+    def finish(self) -> None:
+        """Release what `check` holds (called on the sampler's own thread)."""
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                outcome = self.check()
+                if outcome is self.SKIP:
+                    continue
+                self.samples += 1
+                if outcome is not None:
+                    self.violations.append(f"{time.monotonic():.3f}: {outcome}")
+        finally:
+            self.finish()
+
+    def __enter__(self) -> Any:
         self._thread.start()
         return self
 
@@ -95,8 +104,28 @@ class Sampler:
         self._thread.join(timeout=5)
 
     def assert_clean(self) -> None:
-        assert self.samples > 0, "the sampler never ran"
-        assert not self.violations, "two children alive at once:\n" + "\n".join(self.violations[:5])
+        assert self.samples > 0, f"the sampler of {self.label} never ran"
+        assert not self.violations, f"{self.label} broken:\n" + "\n".join(self.violations[:5])
+
+
+class Sampler(Periodic):
+    """At most one epoch's probe tree alive at every 50 ms sample."""
+
+    label = "one child tree at a time"
+
+    def __init__(self, tag: str, interval: float = 0.05) -> None:
+        super().__init__(interval)
+        self.tag = tag
+        self.epochs_seen: set[str] = set()
+
+    def processes(self) -> dict[int, dict[str, str]]:
+        return tagged_processes(self.tag)
+
+    def check(self) -> Any:
+        procs = self.processes()
+        owners = {(p["node"], p["epoch"]) for p in procs.values()}
+        self.epochs_seen |= {p["epoch"] for p in procs.values()}
+        return f"{sorted(owners)} {procs}" if len(owners) > 1 else None
 
 
 def read_records(path: Path) -> list[dict[str, str]]:
@@ -233,61 +262,40 @@ class Cluster:
         return "\n".join(parts)
 
 
-@dataclass
-class DbSampler:
-    """Background thread: at most one epoch's child DB sessions at every 50 ms sample."""
+class DbSampler(Periodic):
+    """At most one epoch's child DB sessions at every 50 ms sample."""
 
-    dsn: str
-    cluster: str
-    interval: float = 0.05
-    violations: list[str] = field(default_factory=list)
-    samples: int = 0
+    label = "one epoch's DB sessions at a time"
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, dsn: str, cluster: str, interval: float = 0.05) -> None:
+        super().__init__(interval)
+        self.dsn = dsn
+        self.cluster = cluster
+        self.conn: Any = None
 
-    def _run(self) -> None:
+    def check(self) -> Any:
         import psycopg2
 
-        conn = None
-        while not self._stop.wait(self.interval):
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg2.connect(self.dsn, connect_timeout=2)
-                    conn.autocommit = True
-                with conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
-                        (f"failover:{self.cluster}:%",),
-                    )
-                    names = [r[0] for r in cur.fetchall()]
-            except psycopg2.Error:
-                conn = None
-                continue  # the server may be restarting on purpose
-            # Child sessions are failover:<cluster>:<node>:<epoch>, the epoch a number.
-            epochs = {
-                n.split(":")[3] for n in names if n.count(":") == 3 and n.split(":")[3].isdigit()
-            }
-            self.samples += 1
-            if len(epochs) > 1:
-                self.violations.append(f"{time.monotonic():.3f}: child sessions {sorted(names)}")
-        if conn is not None:
-            conn.close()
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg2.connect(self.dsn, connect_timeout=2)
+                self.conn.autocommit = True
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                    (f"failover:{self.cluster}:%",),
+                )
+                names = [r[0] for r in cur.fetchall()]
+        except psycopg2.Error:
+            self.conn = None
+            return self.SKIP  # the server may be restarting on purpose
+        # Child sessions are failover:<cluster>:<node>:<epoch>, the epoch a number.
+        epochs = {n.split(":")[3] for n in names if n.count(":") == 3 and n.split(":")[3].isdigit()}
+        return f"child sessions {sorted(names)}" if len(epochs) > 1 else None
 
-    def __enter__(self) -> DbSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def assert_clean(self) -> None:
-        assert self.samples > 0, "the DB sampler never ran"
-        assert not self.violations, "sessions of two epochs at once:\n" + "\n".join(
-            self.violations[:5]
-        )
+    def finish(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
@@ -328,15 +336,8 @@ def cluster_processes(cluster: str) -> dict[int, dict[str, str]]:
     return out
 
 
-@dataclass
 class EnvSampler(Sampler):
-    """Like Sampler, but finds the child trees of a cluster by environment (any command)."""
+    """Like Sampler, but finds the child trees of a cluster by its keepers (any command)."""
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            procs = cluster_processes(self.tag)
-            owners = {(p["node"], p["epoch"]) for p in procs.values()}
-            self.epochs_seen |= {p["epoch"] for p in procs.values()}
-            self.samples += 1
-            if len(owners) > 1:
-                self.violations.append(f"{time.monotonic():.3f}: {sorted(owners)}")
+    def processes(self) -> dict[int, dict[str, str]]:
+        return cluster_processes(self.tag)

@@ -10,66 +10,45 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
 
-from ..harness import Cluster, EnvSampler, cluster_processes, keeper_trees, wait_until
+from ..harness import Cluster, EnvSampler, Periodic, cluster_processes, keeper_trees, wait_until
 from .conftest import AirflowDb
 
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class JobSampler:
+class JobSampler(Periodic):
     """Every 100 ms: fresh running SchedulerJob rows whose node still has live processes."""
 
-    dsn: str
-    cluster: str
-    violations: list[str] = field(default_factory=list)
-    samples: int = 0
+    label = "one live scheduler heartbeating"
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, dsn: str, cluster: str) -> None:
+        super().__init__(interval=0.1)
+        self.cluster = cluster
+        self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
 
-    def _run(self) -> None:
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
-        try:
-            while not self._stop.wait(0.1):
-                with conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT DISTINCT hostname FROM job WHERE job_type = 'SchedulerJob' "
-                        "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'"
-                    )
-                    fresh = {r[0] for r in cur.fetchall()}
-                alive = {p["node"] for p in cluster_processes(self.cluster).values()}
-                both = fresh & alive
-                self.samples += 1
-                if len(both) > 1:
-                    self.violations.append(f"{time.monotonic():.2f}: heartbeating {sorted(both)}")
-        finally:
-            conn.close()
+    def check(self) -> Any:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT DISTINCT hostname FROM job WHERE job_type = 'SchedulerJob' "
+                "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'"
+            )
+            fresh = {r[0] for r in cur.fetchall()}
+        both = fresh & {p["node"] for p in cluster_processes(self.cluster).values()}
+        return f"heartbeating {sorted(both)}" if len(both) > 1 else None
 
-    def __enter__(self) -> JobSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def assert_clean(self) -> None:
-        assert self.samples > 0
-        assert not self.violations, "\n".join(self.violations[:5])
+    def finish(self) -> None:
+        self.conn.close()
 
 
 @pytest.fixture
