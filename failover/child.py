@@ -100,9 +100,13 @@ class Child:
             return now >= self.backoff_until
         return self.state is ChildState.STOPPED
 
+    def wants_warm(self, now: float) -> bool:
+        """No keeper at all, and not backing off after a warm keeper died."""
+        return self.warm is None and self.gone and now >= self.warm_retry_at
+
     def prepare(self, now: float, env: Mapping[str, str], keeper_args: Sequence[str]) -> None:
         """Start a warm keeper (imports done, proof session open) so a start costs ~1 ms."""
-        if self.warm is not None or not self.gone or now < self.warm_retry_at:
+        if not self.wants_warm(now):
             return
         self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, keeper_args)
         self.warm_ready = False

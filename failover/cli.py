@@ -114,14 +114,10 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 
 def _pause(paused: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from failover.election import open_store
+        from failover.status import set_paused
 
         settings = _settings_from(args)
-        store = open_store(settings)
-        try:
-            store.set_paused(paused)
-        finally:
-            store.close()
+        set_paused(settings, paused)
         word = "paused: no elections; the current child keeps running" if paused else "resumed"
         print(f"cluster {settings.cluster!r} {word}")
         return EXIT_OK

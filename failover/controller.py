@@ -234,6 +234,8 @@ class Controller:
 
     def _keep_warm(self, now: float) -> None:
         """A standby keeps a keeper started in advance, so promotion skips its start-up."""
+        if not self.child.wants_warm(now):
+            return  # (no env to build: with IAM auth that would mean a token every tick)
         try:
             self.child.prepare(now, self._keeper_env(), self._keeper_args())
         except (ChildError, BackendUnavailable) as err:

@@ -26,14 +26,11 @@ from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
 from failover.launcher import KeeperLauncher, SidecarLauncher
 from failover.metrics import Metrics
+from failover.proof import boottime
 from failover.sdnotify import Notifier
 from failover.sources import check_private_file
 
 REPEAT_SENTENCE_SECONDS = 60.0
-
-
-def boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def timings(settings: Settings) -> Timings:
@@ -334,13 +331,7 @@ class Daemon:
     def _may_accept(self) -> bool:
         """Only a standby that would take a warm keeper now: else a pending connection would
         make every select return at once."""
-        c = self.child
-        return (
-            self.controller.role is Role.STANDBY
-            and c.warm is None
-            and c.gone
-            and boottime() >= c.warm_retry_at
-        )
+        return self.controller.role is Role.STANDBY and self.child.wants_warm(boottime())
 
     def _close(self) -> None:
         if self.http is not None:

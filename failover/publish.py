@@ -8,15 +8,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from failover import __version__
+from failover import __version__, status
 from failover.child import Child, ChildState
 from failover.config import Settings
 from failover.controller import Controller, TickResult
-from failover.election import open_store
 from failover.errors import FailoverError
 from failover.http import Action
 from failover.metrics import Sample
-from failover.status import ask_switchover
 
 
 def wall(boot_now: float, boot_t: float | None) -> float | None:
@@ -91,11 +89,7 @@ def actions(settings: Settings) -> dict[str, Action]:
     def set_paused(paused: bool) -> Action:
         def run(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             try:
-                store = open_store(settings)
-                try:
-                    store.set_paused(paused)
-                finally:
-                    store.close()
+                status.set_paused(settings, paused)
             except FailoverError as err:
                 return 503, {"error": str(err)}
             return 200, {"paused": paused}
@@ -107,7 +101,7 @@ def actions(settings: Settings) -> dict[str, Action]:
         if target is not None and not isinstance(target, str):
             return 400, {"error": "'to' must be a node name"}
         try:
-            leader = ask_switchover(settings, target)
+            leader = status.ask_switchover(settings, target)
         except FailoverError as err:
             return 409, {"error": str(err)}
         return 202, {"switchover": {"from": leader, "to": target}}

@@ -73,6 +73,15 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def set_paused(settings: Settings, paused: bool) -> None:
+    """Pause or resume the whole cluster (from any host; survives daemon restarts)."""
+    store = open_store(settings)
+    try:
+        store.set_paused(paused)
+    finally:
+        store.close()
+
+
 def ask_switchover(settings: Settings, to: str | None) -> str:
     """Check the request and record it for the leader; return the current leader."""
     before = cluster_status(settings)

@@ -27,7 +27,7 @@ from failover.election.base import (
     MemberStore,
 )
 from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
-from failover.proof import wake_local, wake_name
+from failover.proof import boottime, wake_local, wake_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leader (
@@ -42,10 +42,6 @@ CREATE TABLE IF NOT EXISTS history (
     end_reason TEXT);
 CREATE TABLE IF NOT EXISTS flags (key TEXT PRIMARY KEY, value TEXT, set_at REAL);
 """
-
-
-def boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def _lock_is_held(path: Path) -> bool:
