@@ -15,6 +15,8 @@ from failover.errors import BackendUnavailable
 from failover.pg import Session, SessionTimings
 from failover.pgschema import ensure_schema
 
+from ..harness import wait_until
+
 pytestmark = pytest.mark.integration
 
 
@@ -96,6 +98,16 @@ def test_fence_waits_for_older_keeper_then_terminates(
     report = b.fence(2, force=False)
     assert report.pending == 1 and "older keeper" in report.detail
     old_keeper.close()
+    # The server ends a closed client's backend asynchronously: wait until it is gone.
+    wait_until(
+        lambda: (
+            not b._q(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'failover:c:old:1:keeper'"
+            )
+        ),
+        5,
+        "the closed keeper session to leave pg_stat_activity",
+    )
     report = b.fence(2, force=False)
     assert report.pending == 0 and report.terminated == 1  # the straggling child session
     assert old_child.closed or _is_dead(old_child)
