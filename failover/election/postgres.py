@@ -10,13 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
-import psycopg2.errors
 from psycopg2 import sql
 
 from failover.dsn import dsn_with_password
 from failover.election.base import ElectionBackend, FenceReport, LeaderInfo
 from failover.errors import BackendUnavailable
-from failover.pg import Session, SessionTimings, lock_key, one_line, split_key
+from failover.pg import Session, SessionTimings, lock_key, split_key
+from failover.pgfence import older_sessions, terminate
 from failover.pgschema import ensure_schema
 
 HOLDER_SQL = """
@@ -26,24 +26,6 @@ FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid = 1
   AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
-
-OLD_SESSIONS_SQL = """
-SELECT pid, application_name FROM pg_stat_activity
-WHERE application_name LIKE %s AND pid <> pg_backend_pid()
-"""
-
-
-def appname_epoch(name: str, cluster: str) -> tuple[int, bool] | None:
-    """(epoch, is_keeper) of `failover:<cluster>:<node>:<epoch>[:keeper]`, else None."""
-    parts = name.split(":")
-    if len(parts) not in (4, 5) or parts[0] != "failover" or parts[1] != cluster:
-        return None
-    if len(parts) == 5 and parts[4] != "keeper":
-        return None
-    try:
-        return int(parts[3]), len(parts) == 5
-    except ValueError:
-        return None
 
 
 class PostgresElection(ElectionBackend):
@@ -108,19 +90,7 @@ class PostgresElection(ElectionBackend):
         return bool(rows[0][0])
 
     def _terminate(self, pids: list[int]) -> int:
-        done = 0
-        for pid in pids:
-            try:
-                rows = self._q("SELECT pg_terminate_backend(%s, %s)", (pid, 1000))
-            except BackendUnavailable as err:
-                if isinstance(err.__cause__, psycopg2.errors.InsufficientPrivilege):
-                    raise BackendUnavailable(
-                        f"cannot terminate backend {pid}: {one_line(err.__cause__)}; grant "
-                        "pg_signal_backend to the failover role (RDS: rds_superuser)"
-                    ) from err
-                raise
-            done += 1 if rows and rows[0][0] else 0
-        return done
+        return terminate(self._q, pids)
 
     # -- election ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
@@ -206,14 +176,7 @@ class PostgresElection(ElectionBackend):
         return int(rows[0][0])
 
     def fence(self, epoch: int, force: bool) -> FenceReport:
-        pattern = f"failover:{self.cluster}:%"
-        keepers: list[int] = []
-        children: list[int] = []
-        for pid, name in self._q(OLD_SESSIONS_SQL, (pattern,)):
-            parsed = appname_epoch(name, self.cluster)
-            if parsed is None or parsed[0] >= epoch:
-                continue
-            (keepers if parsed[1] else children).append(pid)
+        keepers, children = older_sessions(self._q, self.cluster, epoch)
         uptime = float(
             self._q("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0]
         )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from failover.election.postgres import appname_epoch
 from failover.pg import SessionTimings, lock_key, split_key
+from failover.pgfence import appname_epoch
 
 
 def test_lock_key_is_64_bit_and_never_airflows_small_keys() -> None:
