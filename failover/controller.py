@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from failover import __version__
 from failover.child import Child, ChildState, child_env
+from failover.dbreach import DbReach
 from failover.election.base import ClusterFlags, ElectionBackend, MemberState, MemberStore
 from failover.errors import BackendUnavailable, ChildError
 from failover.health import Health, HealthPolicy, JobSource, Verdict, judge
@@ -68,6 +69,7 @@ class Controller:
         base_env: Mapping[str, str],
         health: JobSource | None = None,
         health_policy: HealthPolicy | None = None,
+        db_reach: DbReach | None = None,
     ) -> None:
         self.cluster = cluster
         self.node = node
@@ -80,6 +82,7 @@ class Controller:
         self.health = health
         self.health_policy = health_policy or HealthPolicy(threshold=30.0, startup_grace=60.0)
         self.verdict = Verdict(Health.UNKNOWN, "no health check")
+        self.db_reach = db_reach  # ZooKeeper mode with a metadata DB: who can reach it
         self.job_baseline: int | None = None
         self.role = Role.STANDBY
         self.epoch = 0
@@ -102,6 +105,8 @@ class Controller:
     def tick(self) -> TickResult:
         now = self.clock()
         self.child.poll(now)
+        if self.db_reach is not None:
+            self.db_reach.new_tick()
         self._read_flags()
         before = self.role
         if self.role in (Role.LEADER, Role.FENCING, Role.DEMOTING):
@@ -130,6 +135,8 @@ class Controller:
             transition=transition,
         )
         self._heartbeat(now, sentence)
+        if self.db_reach is not None:
+            self.db_reach.publish(now, self.role.value, self._ready(now))
         self.last_sentence = sentence
         return result
 
@@ -269,6 +276,9 @@ class Controller:
         switch = self._switchover_wanted()
         if switch:
             return switch
+        resign = self._resign_for_db(now)
+        if resign:
+            return resign
         if child.state is ChildState.FAILED:
             return self._demote_now("child crash loop")
         if child.state is ChildState.BACKOFF and not child.may_start(now):
@@ -281,7 +291,7 @@ class Controller:
         if child.state is ChildState.RUNNING and self._check_health(now) is Health.HUNG:
             child.fail(self.verdict.detail)
             return f"leader with epoch {self.epoch}: {self.verdict.detail}: killing the child", None
-        return f"no action: I am the leader with epoch {self.epoch}", None
+        return f"no action: I am the leader with epoch {self.epoch}{self._db_note(now)}", None
 
     def _check_health(self, now: float) -> Health:
         """Judge the running child by its Airflow job heartbeat; UNKNOWN never kills."""
@@ -324,6 +334,19 @@ class Controller:
             if m.node != self.node and m.role == Role.STANDBY.value and m.heartbeat_age < fresh
         ]
 
+    def _resign_for_db(self, now: float) -> tuple[str, str | None] | None:
+        """Step down when the metadata DB has been unreachable from here for `resign_after`
+        and a ready standby reaches it (FAULTS.md 6); never when nobody does."""
+        reach = self.db_reach
+        takers = reach.resign_for(now) if reach is not None else []
+        if reach is None or not takers:
+            return None
+        self._demote("metadata DB unreachable")
+        return reach.resign_sentence(now, self.epoch, takers), "db_unreachable"
+
+    def _db_note(self, now: float) -> str:
+        return self.db_reach.note(now) if self.db_reach is not None else ""
+
     def _demote(self, reason: str) -> None:
         self.role = Role.DEMOTING
         self.demote_reason = reason
@@ -347,7 +370,7 @@ class Controller:
             note = ""
         self.role = Role.STANDBY
         self.leader = None
-        if reason in ("switchover", "child crash loop"):
+        if reason in ("switchover", "child crash loop", "metadata DB unreachable"):
             self.cooldown_until = now + 2 * self.t.lease
         elif reason in ("fencing failed", "child start failed"):
             self.cooldown_until = now + self.t.lease  # no epoch-burning retry loop
@@ -376,12 +399,37 @@ class Controller:
                 f"standby: switchover to {self.flags.switchover_to} pending, not campaigning",
                 None,
             )
+        held = self._hold_back_for_db()
+        if held:
+            return held
         return self._campaign(now)
 
     def _yield_to_switchover_target(self) -> bool:
         target = self.flags.switchover_to
         age = self.flags.switchover_age or 0.0
         return bool(target) and target != self.node and age < 2 * self.t.lease
+
+    def _ready(self, now: float) -> bool:
+        """A standby that would campaign now (what a DB-blind leader may hand over to)."""
+        return (
+            self.role is Role.STANDBY
+            and self.child.gone
+            and not self.shutting_down
+            and not self.flags.paused
+            and now >= self.cooldown_until
+            and not self._yield_to_switchover_target()
+        )
+
+    def _hold_back_for_db(self) -> tuple[str, str | None] | None:
+        """Cannot reach the metadata DB while another member can: leave leadership to it (and
+        leave the queue: a contender that does not campaign would block the ones behind)."""
+        reach = self.db_reach
+        peers = reach.hold_back_for() if reach is not None else []
+        if reach is None or not peers:
+            return None
+        with contextlib.suppress(BackendUnavailable):
+            self.backend.release()
+        return reach.hold_back_sentence(peers), None
 
     def _campaign(self, now: float) -> tuple[str, str | None]:
         try:
@@ -413,10 +461,18 @@ class Controller:
 
     # -- records ----------------------------------------------------------------------------
     def _read_flags(self) -> None:
+        started = self.clock()
         try:
             self.flags = self.store.flags()
-        except BackendUnavailable:
-            pass  # keep the last known flags
+        except BackendUnavailable as err:
+            self._db_call(started, err)  # keep the last known flags
+            return
+        self._db_call(started, None)
+
+    def _db_call(self, started: float, error: BackendUnavailable | None) -> None:
+        """A member-store call's outcome: in ZooKeeper mode the store is the metadata DB."""
+        if self.db_reach is not None:
+            self.db_reach.record(started, self.clock(), None if error is None else str(error))
 
     def _heartbeat(self, now: float, sentence: str) -> None:
         due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop
@@ -432,9 +488,12 @@ class Controller:
             version=__version__,
             sentence=sentence,
         )
+        started = self.clock()
         try:
             self.store.heartbeat(state)
-        except BackendUnavailable:
+        except BackendUnavailable as err:
+            self._db_call(started, err)
             return
+        self._db_call(started, None)
         self.last_heartbeat = now
         self.last_written = shown
