@@ -6,8 +6,9 @@ The OS side (spawning the keeper, the control socket) is injected as a `Launcher
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from failover.errors import ChildError
@@ -64,13 +65,71 @@ class ChildPolicy:
     backoff_max: float
 
 
+@dataclass
+class Prewarm:
+    """The pre-warmed scheduler of this standby's warm keeper, as its keeper reports it."""
+
+    state: str = "off"  # off, starting, warm, cold
+    pid: int | None = None
+    seconds: float | None = None  # how long the last warm-up took
+    rss_bytes: int = 0
+    airflow: str = ""
+    fingerprint: str = ""
+    detail: str = ""
+    restarts: int = 0  # warm processes replaced (inputs changed, max age, died, reload)
+    # Not yet logged: (level, event, fields); the daemon drains it.
+    events: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+
+    def on_line(self, word: str, arg: str) -> None:
+        if word == "WARMING":
+            pid = int(arg) if arg.isdigit() else None
+            self.state, self.pid, self.detail = "starting", pid, "importing Airflow"
+        elif word == "WARM":
+            try:
+                info = json.loads(arg)
+            except ValueError:
+                info = {}
+            self.state, self.detail = "warm", ""
+            self.seconds = info.get("seconds")
+            self.rss_bytes = int(info.get("rss_bytes") or 0)
+            self.airflow = str(info.get("airflow") or "")
+            self.fingerprint = str(info.get("fingerprint") or "")
+            fields: dict[str, object] = {
+                "pid": self.pid,
+                "seconds": self.seconds,
+                "rss_mb": round(self.rss_bytes / 2**20),
+                "airflow": self.airflow,
+                "fingerprint": self.fingerprint,
+            }
+            self.events.append(("info", "prewarm_ready", fields))
+        elif word == "COLD":
+            self.state, self.detail, self.rss_bytes = "cold", arg, 0
+            self.events.append(("warning", "prewarm_cold", {"reason": arg}))
+            if arg.startswith("the warm process exited"):
+                self.restarts += 1
+        elif word == "REWARM":
+            self.restarts += 1
+            self.events.append(("info", "prewarm_restart", {"pid": self.pid, "reason": arg}))
+
+    def gone(self) -> None:
+        self.state, self.pid, self.rss_bytes, self.detail = "off", None, 0, ""
+
+
 class Child:
     """One supervised command; at most one keeper (hence one child tree) at a time."""
 
-    def __init__(self, launcher: Launcher, command: Sequence[str], policy: ChildPolicy) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        command: Sequence[str],
+        policy: ChildPolicy,
+        warm_args: Sequence[str] = (),
+    ) -> None:
         self.launcher = launcher
         self.command = tuple(command)
         self.policy = policy
+        self.warm_args = tuple(warm_args)  # extra keeper options for warm keepers (--prewarm)
+        self.prewarm = Prewarm()
         self.state = ChildState.STOPPED
         self.link: KeeperLink | None = None
         self.pid: int | None = None
@@ -108,14 +167,18 @@ class Child:
         """Start a warm keeper (imports done, proof session open) so a start costs ~1 ms."""
         if not self.wants_warm(now):
             return
-        self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, keeper_args)
+        args = (*keeper_args, *self.warm_args)
+        self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         self.warm_ready = False
 
     def discard_warm(self) -> None:
         if self.warm is not None:
+            if self.prewarm.state != "off":
+                self.prewarm.restarts += 1  # replaced for new inputs (a reload)
             self.warm.close()
             self.warm = None
             self.warm_ready = False
+            self.prewarm.gone()
 
     def _poll_warm(self, now: float) -> None:
         if self.warm is None:
@@ -127,10 +190,13 @@ class Child:
                 self.warm_failures = 0
             elif word == "ERROR":
                 self.warm_error = arg
+            elif word in ("WARMING", "WARM", "COLD", "REWARM"):
+                self.prewarm.on_line(word, arg)
             elif word in ("GONE", "EOF"):
                 self.warm.cleanup()
                 self.warm = None
                 self.warm_ready = False
+                self.prewarm.gone()
                 self.warm_failures += 1
                 self.warm_retry_at = now + min(0.5 * 2**self.warm_failures, 30.0)
                 return
@@ -151,6 +217,7 @@ class Child:
         link = self.warm
         self.warm = None
         self.warm_ready = False
+        self.prewarm.gone()  # promoted (or never there): no warm process any more
         if link is None:
             link = self.launcher.launch(self.command, env, self.policy.stop_timeout, keeper_args)
         link.send(f"GO {epoch} {run_until:.6f}")

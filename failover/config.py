@@ -124,6 +124,13 @@ class AirflowSettings:
     startup_grace_seconds: float | None = field(
         default=None, metadata=_doc("no hang verdict before this (default: max(60, 2 x threshold))")
     )
+    prewarm: bool = field(
+        default=False,
+        metadata=_doc("standbys keep an `airflow scheduler` imported and waiting (~130 MB)"),
+    )
+    prewarm_max_age_hours: float = field(
+        default=6.0, metadata=_doc("re-warm the waiting scheduler after this long (0 = never)")
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +240,10 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(
                 f"airflow.{name}", "must be greater than 0", "give seconds, or omit it"
             )
+    if s.airflow.prewarm_max_age_hours < 0:
+        raise ConfigError(
+            "airflow.prewarm_max_age_hours", "must not be negative", "give hours, or 0 for never"
+        )
     if bool(s.http.tls_cert_file) != bool(s.http.tls_key_file):
         raise ConfigError(
             "http.tls_key_file", "TLS needs both a certificate and its key", "set both or neither"

@@ -99,6 +99,14 @@ def _health_source(settings: Settings) -> airflowdb.JobTable | None:
     )
 
 
+def prewarm_args(settings: Settings) -> tuple[str, ...]:
+    """Keeper options for a standby's warm keeper: keep `airflow scheduler` pre-warmed."""
+    if not settings.airflow.prewarm:
+        return ()
+    max_age = settings.airflow.prewarm_max_age_hours * 3600
+    return ("--prewarm", "--prewarm-max-age", f"{max_age:g}")
+
+
 # Settings a running daemon cannot take over without a restart.
 RESTART_ONLY = (
     "cluster",
@@ -164,7 +172,9 @@ class Daemon:
         launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher(
             adopt_orphans=True
         )
-        self.child = Child(launcher, settings.command, child_policy(settings))
+        self.child = Child(
+            launcher, settings.command, child_policy(settings), prewarm_args(settings)
+        )
         self.controller = Controller(
             cluster=settings.cluster,
             node=settings.node,
@@ -275,10 +285,10 @@ class Daemon:
                 keeping="the running configuration",
             )
             return
+        if new != self.settings:
+            self.child.discard_warm()  # it was started with the old configuration
         self.settings = new
         self.controller.t = timings(new)
-        if tuple(new.command) != self.child.command:
-            self.child.discard_warm()  # it was started for the old command
         self.child.command = tuple(new.command)
         self.child.policy = child_policy(new)
         log.configure(new.log.format, new.log.level)
@@ -291,6 +301,9 @@ class Daemon:
         self.board.loop_seconds = self.settings.loop_seconds
         self.board.publish(publish.snapshot(self.settings, c, child, result, now))
         self.metrics.observe(publish.sample(c, child, result, now, took))
+        for level, event, fields in child.prewarm.events:
+            getattr(self.log, level)(event, **fields)
+        child.prewarm.events.clear()
         sentence, at = self.last_logged
         if result.sentence != sentence or now - at >= REPEAT_SENTENCE_SECONDS or result.transition:
             self.log.info("tick", sentence=result.sentence, transition=result.transition)

@@ -12,21 +12,30 @@ Protocol on the control stream (one line each, ASCII):
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
                     `ERROR <text>`
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm).
+
+With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
+(failover/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
+  keeper -> daemon  `WARMING <pid>`   a warm process started
+                    `WARM <json>`     ready: {"seconds", "rss_bytes", "airflow", "fingerprint"}
+                    `COLD <reason>`   no pre-warm (GO starts the plain command)
+                    `REWARM <reason>` replacing it (its inputs changed, or it reached its max age)
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from failover import proctree
 from failover.proof import LockFileProof, PgSessionProof, Proof, boottime
@@ -72,6 +81,7 @@ class Keeper:
         self.stop_started: float | None = None
         self.rest_termed = False
         self.reason = ""
+        self.warm: Warm | None = None
 
     def send(self, line: str) -> None:
         try:
@@ -111,6 +121,8 @@ class Keeper:
 
     def _reap(self) -> None:
         for pid, status in proctree.reap():
+            if self.warm is not None and pid == self.warm.pid:
+                self.warm.exited(os.waitstatus_to_exitcode(status))
             if self.child is not None and pid == self.child.pid and self.exit_code is None:
                 self.exit_code = os.waitstatus_to_exitcode(status)
                 self.child.returncode = self.exit_code
@@ -195,17 +207,241 @@ class Keeper:
                 self.hard_kill("proof-of-life session lost")
 
 
+def airflow_python(command: Sequence[str], env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The interpreter that runs `command[0]` (a console script): its path, or why not."""
+    path = shutil.which(command[0], path=env.get("PATH"))
+    if path is None:
+        return None, f"{command[0]!r} is not on PATH"
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(512).decode("utf-8", "replace").strip()
+    except OSError as err:
+        return None, f"cannot read {path}: {err.strerror}"
+    if not first.startswith("#!"):
+        return None, f"{path} is not a Python console script (no #! line)"
+    words = first[2:].split()
+    if words and os.path.basename(words[0]) == "env" and len(words) > 1:
+        words = [shutil.which(words[1], path=env.get("PATH")) or words[1], *words[2:]]
+    if len(words) != 1 or "python" not in os.path.basename(words[0]):
+        return None, f"{path} does not run under a plain Python interpreter ({first[:80]})"
+    if not os.access(words[0], os.X_OK):
+        return None, f"{path}'s interpreter {words[0]} is not executable"
+    return words[0], ""
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def fingerprint(paths: Sequence[str], python: str, env: Mapping[str, str]) -> str:
+    """What the warm process was built from: watched files' identity, interpreter, AIRFLOW__*."""
+    h = hashlib.sha256(python.encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}:missing\n".encode())
+    for key in sorted(k for k in env if k.startswith("AIRFLOW__") or k == "AIRFLOW_HOME"):
+        h.update(f"{key}={env[key]}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class Warm:
+    """A pre-warmed `airflow scheduler` in the keeper's session, waiting for GO on a pipe.
+
+    Re-warmed when its fingerprint changes or it reaches `max_age`; restarted with a backoff
+    if it dies before GO; output goes where the keeper's goes (the journal), never a pipe.
+    """
+
+    CHECK_EVERY = 2.0
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prewarm.py")
+
+    def __init__(self, keeper: Keeper, python: str, max_age: float) -> None:
+        self.keeper = keeper
+        self.python = python
+        self.max_age = max_age
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.control = -1  # our write end of its GO pipe
+        self.status = -1  # our read end of its status pipe
+        self.buffer = b""
+        self.ready_at: float | None = None
+        self.watch: list[str] = []
+        self.print = ""
+        self.next_check = 0.0
+        self.start_at = 0.0
+        self.failures = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def fds(self) -> list[int]:
+        return [self.status] if self.status >= 0 else []
+
+    def start(self) -> None:
+        go_r, self.control = os.pipe2(os.O_CLOEXEC)
+        self.status, status_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.status, False)
+        argv = [self.python, self.SCRIPT, "--control-fd", str(go_r), "--status-fd", str(status_w)]
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, "--", *self.keeper.command],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(go_r, status_w),
+                preexec_fn=_child_preexec,  # noqa: PLW1509 - the keeper has no threads
+            )
+        except OSError as err:
+            self._close_fds()
+            self.keeper.send(f"COLD cannot start {self.python}: {err.strerror}")
+            self._backoff()
+            return
+        finally:
+            os.close(go_r)
+            os.close(status_w)
+        self.ready_at = None
+        self.buffer = b""
+        self.keeper.send(f"WARMING {self.proc.pid}")
+
+    def _close_fds(self) -> None:
+        for fd in (self.control, self.status):
+            if fd >= 0:
+                os.close(fd)
+        self.control = self.status = -1
+
+    def _backoff(self) -> None:
+        self.failures += 1
+        self.start_at = boottime() + min(5.0 * 2 ** (self.failures - 1), 300.0)
+
+    def exited(self, code: int) -> None:
+        """Reaped before GO: report it and start again after a backoff."""
+        if self.proc is not None:
+            self.proc.returncode = code
+        self.proc = None
+        self._close_fds()
+        self.keeper.send(f"COLD the warm process exited with {code} before GO")
+        self._backoff()
+
+    def read(self) -> None:
+        while self.status >= 0:
+            try:
+                data = os.read(self.status, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                os.close(self.status)
+                self.status = -1
+                break
+            self.buffer += data
+        while b"\n" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\n", 1)
+            word, _, arg = raw.decode("utf-8", "replace").strip().partition(" ")
+            if word == "READY" and self.proc is not None:
+                self._ready(arg)
+            elif word == "COLD":
+                self.keeper.send(f"COLD {arg}")
+
+    def _ready(self, payload: str) -> None:
+        assert self.proc is not None
+        try:
+            info = json.loads(payload)
+            self.watch = [str(p) for p in info.get("watch", [])]
+        except (ValueError, AttributeError):
+            info, self.watch = {}, []
+        self.print = fingerprint(self.watch, self.python, os.environ)
+        self.ready_at = boottime()
+        self.next_check = self.ready_at + self.CHECK_EVERY
+        self.failures = 0
+        report = {
+            "seconds": info.get("seconds"),
+            "rss_bytes": _rss_bytes(self.proc.pid),
+            "airflow": info.get("airflow"),
+            "fingerprint": self.print,
+        }
+        self.keeper.send("WARM " + json.dumps(report))
+
+    def maintain(self, now: float) -> None:
+        """Start it when due; replace it when its inputs changed or it is too old."""
+        if self.proc is None:
+            if now >= self.start_at:
+                self.start()
+            return
+        if self.ready_at is None or now < self.next_check:
+            return
+        self.next_check = now + self.CHECK_EVERY
+        if fingerprint(self.watch, self.python, os.environ) != self.print:
+            self.restart("its inputs changed (Airflow installation or airflow.cfg)")
+        elif self.max_age > 0 and now - self.ready_at >= self.max_age:
+            self.restart(f"it is {now - self.ready_at:.0f} s old (max age {self.max_age:g} s)")
+
+    def wait_seconds(self, now: float) -> float:
+        due = self.start_at if self.proc is None else self.next_check
+        return max(0.0, due - now) if self.proc is None or self.ready_at is not None else 5.0
+
+    def restart(self, reason: str) -> None:
+        self.keeper.send(f"REWARM {reason}")
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        """End of file on its GO pipe (it exits at once), then make sure it is gone."""
+        proc, self.proc = self.proc, None
+        self._close_fds()
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            proctree.signal_all([proc.pid], signal.SIGKILL)
+            proc.wait()
+
+    def go(self, env: Mapping[str, str]) -> bool:
+        """Hand the warm process the start: it becomes the keeper's child. False if gone."""
+        proc = self.proc
+        if proc is None:
+            return False
+        try:
+            os.write(self.control, b"GO " + json.dumps(dict(env)).encode() + b"\n")
+        except OSError:
+            return False  # it died just now; the reaper reports it
+        self.proc = None
+        self._close_fds()
+        self.keeper.child = proc
+        self.keeper.send(f"STARTED {proc.pid}")
+        return True
+
+
 def _wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
     """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
     keeper.control.setblocking(False)
+    if keeper.warm is not None and not keeper._read_control():
+        return "daemon gone before go"
     while keeper.go is None:
+        warm = keeper.warm
+        timeout = 5.0
+        if warm is not None:
+            now = boottime()
+            keeper._reap()
+            warm.maintain(now)
+            timeout = min(timeout, warm.wait_seconds(now))
         fds = [keeper.control.fileno(), wake_fd]
         proof_fd = keeper.proof.fileno() if keeper.proof else None
         if proof_fd is not None:
             fds.append(proof_fd)
-        readable, _, _ = select.select(fds, [], [], 5.0)
+        if warm is not None:
+            fds.extend(warm.fds())
+        readable, _, _ = select.select(fds, [], [], timeout)
         if wake_fd in readable:
             os.read(wake_fd, 512)
+        if warm is not None and set(warm.fds()) & set(readable):
+            warm.read()
         if keeper.control.fileno() in readable and not keeper._read_control():
             return "daemon gone before go"
         if keeper.stop_started is not None or keeper.reason:
@@ -232,6 +468,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
     p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
     p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
+    p.add_argument(
+        "--prewarm", action="store_true", help="keep `airflow scheduler` imported while warm"
+    )
+    p.add_argument(
+        "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = p.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -251,11 +493,22 @@ def _proof(args: argparse.Namespace) -> Proof | None:
     return None
 
 
+def _epoch_env(name: str, epoch: int) -> dict[str, str]:
+    return {"FAILOVER_EPOCH": str(epoch), "PGAPPNAME": f"{name}:{epoch}"}
+
+
 def _child_env(name: str, epoch: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["FAILOVER_EPOCH"] = str(epoch)
-    env["PGAPPNAME"] = f"{name}:{epoch}"
-    return env
+    return {**os.environ, **_epoch_env(name, epoch)}
+
+
+def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
+    if not args.prewarm:
+        return None
+    python, why = airflow_python(keeper.command, os.environ)
+    if python is None:
+        keeper.send(f"COLD {why}")
+        return None
+    return Warm(keeper, python, args.prewarm_max_age)
 
 
 def _connect(path: str) -> socket.socket:
@@ -320,8 +573,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         keeper.send("GONE no proof of life")
         return EXIT_LOCK_BUSY
     keeper.send("READY")
+    keeper.warm = _prewarm(args, keeper)
     why = _wait_for_go(keeper, rd)
     if why is not None or keeper.go is None:
+        if keeper.warm is not None:
+            keeper.warm.stop()
         keeper.send(f"GONE {why}")
         if proof is not None:
             proof.release()
@@ -339,15 +595,22 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
             proof.release()
             return EXIT_LOCK_BUSY
         keeper.send("LOCKED")
+    warm, keeper.warm = keeper.warm, None
     if boottime() >= keeper.run_until:
+        if warm is not None:
+            warm.stop()
         keeper.send("GONE run-until deadline passed before start")
         return EXIT_START_FAILED
     if not keeper._read_control() or keeper.stop_started is not None or keeper.reason:
+        if warm is not None:
+            warm.stop()
         keeper.send("GONE stopped before start")  # GO and EOF/KILL arrived together
         if proof is not None:
             proof.release()
         return 0
-    if not keeper.start(_child_env(name, epoch)):
+    if warm is not None and warm.go(_epoch_env(name, epoch)):
+        pass  # the pre-warmed scheduler runs from here
+    elif not keeper.start(_child_env(name, epoch)):
         keeper.send("GONE start failed")
         return EXIT_START_FAILED
     keeper.run(wake_fd)

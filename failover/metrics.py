@@ -26,6 +26,10 @@ class Sample:
     fenced_total: int
     paused: bool
     tick_seconds: float
+    standby_warm: bool = False
+    warmup_seconds: float | None = None
+    warm_restarts: int = 0
+    warm_rss_bytes: int = 0
 
 
 class Metrics:
@@ -67,10 +71,31 @@ class Metrics:
             registry=r,
         )
         self.paused = Gauge("failover_paused", "1 while the cluster is paused", registry=r)
+        self.standby_warm = Gauge(
+            "failover_standby_warm",
+            "1 while a pre-warmed scheduler waits on this standby ([airflow] prewarm)",
+            registry=r,
+        )
+        self.warmup_seconds = Gauge(
+            "failover_standby_warmup_seconds",
+            "How long the last pre-warm of the standby's scheduler took",
+            registry=r,
+        )
+        self.warm_restarts = Counter(
+            "failover_standby_warm_restarts",
+            "Pre-warmed schedulers replaced (inputs changed, max age, died, reload)",
+            registry=r,
+        )
+        self.warm_rss = Gauge(
+            "failover_standby_warm_rss_bytes",
+            "Resident memory of the pre-warmed scheduler when it became ready",
+            registry=r,
+        )
         self.info = Info("failover", "Build and identity", registry=r)
         self.info.info({"version": version, "backend": backend, "node": node, "cluster": cluster})
         self._restarts_seen = 0
         self._fenced_seen = 0
+        self._warm_restarts_seen = 0
 
     def observe(self, s: Sample) -> None:
         self.is_leader.set(1 if s.role == "leader" else 0)
@@ -90,3 +115,10 @@ class Metrics:
             self.last_renew.set(s.last_renew_wall)
         self.paused.set(1 if s.paused else 0)
         self.tick_duration.observe(s.tick_seconds)
+        self.standby_warm.set(1 if s.standby_warm else 0)
+        if s.warmup_seconds is not None:
+            self.warmup_seconds.set(s.warmup_seconds)
+        self.warm_rss.set(s.warm_rss_bytes if s.standby_warm else 0)
+        if s.warm_restarts > self._warm_restarts_seen:
+            self.warm_restarts.inc(s.warm_restarts - self._warm_restarts_seen)
+            self._warm_restarts_seen = s.warm_restarts

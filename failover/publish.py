@@ -52,6 +52,16 @@ def snapshot(
             "last_exit_code": child.exit_code,
             "last_event": child.last_event,
             "warm_keeper": child.warm is not None,
+            "prewarm": {
+                "state": child.prewarm.state,
+                "pid": child.prewarm.pid,
+                "warmup_seconds": child.prewarm.seconds,
+                "rss_bytes": child.prewarm.rss_bytes,
+                "airflow": child.prewarm.airflow or None,
+                "fingerprint": child.prewarm.fingerprint or None,
+                "restarts": child.prewarm.restarts,
+                "detail": child.prewarm.detail,
+            },
             "health": c.verdict.health.value,
             "health_detail": c.verdict.detail,
         },
@@ -80,6 +90,10 @@ def sample(c: Controller, child: Child, result: TickResult, now: float, took: fl
         fenced_total=c.fenced,
         paused=result.paused,
         tick_seconds=took,
+        standby_warm=child.prewarm.state == "warm",
+        warmup_seconds=child.prewarm.seconds,
+        warm_restarts=child.prewarm.restarts,
+        warm_rss_bytes=child.prewarm.rss_bytes,
     )
 
 

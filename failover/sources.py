@@ -78,9 +78,21 @@ def load_settings(
         )
         settings = settings.replace(postgres=pg)
     _check_postgres(settings, warnings)
+    _check_prewarm(settings, warnings)
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
     return validate(settings.replace(warnings=tuple(warnings)))
+
+
+def _check_prewarm(settings: Settings, warnings: list[str]) -> None:
+    if not settings.airflow.prewarm:
+        return
+    cmd = settings.command
+    if len(cmd) < 2 or os.path.basename(cmd[0]) != "airflow" or cmd[1] != "scheduler":
+        warnings.append(
+            "[airflow] prewarm only pre-warms `airflow scheduler`; "
+            f"the command {' '.join(cmd)!r} is started cold"
+        )
 
 
 def _file_has_secret(data: Mapping[str, Any]) -> bool:
@@ -347,7 +359,7 @@ def _run_conn_cmd(var: str, command: str) -> str:
 def _airflow_secret(var: str, env: Mapping[str, str]) -> str:
     """`_SECRET` names a key in Airflow's secrets backend: only Airflow can resolve it."""
     try:
-        from airflow.configuration import conf  # type: ignore[import-not-found]
+        from airflow.configuration import conf
     except ImportError as err:
         raise ConfigError(
             var,

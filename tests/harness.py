@@ -298,10 +298,23 @@ class DbSampler(Periodic):
             self.conn.close()
 
 
+WARM_TITLE = b"[warm standby]"  # failover/prewarm.py's process title until GO
+
+
+def _warm_standby(pid: int) -> bool:
+    """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().rstrip(b"\0").endswith(WARM_TITLE)
+    except OSError:
+        return False
+
+
 def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
     """keeper pid -> (node, live processes of its child tree) for every keeper of `cluster`
     that has a child. Found by the keeper's command line and the child tree's session and
     descent (Airflow rewrites its processes' titles and environment, so those cannot be used).
+    A standby's pre-warmed scheduler waiting for GO is not a child yet and is left out.
     """
     from failover import proctree
 
@@ -321,7 +334,7 @@ def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
         if not label.startswith(marker):
             continue
         pid = int(name)
-        members = proctree.tree_members(pid, [pid])
+        members = {p for p in proctree.tree_members(pid, [pid]) if not _warm_standby(p)}
         if members:
             trees[pid] = (label.decode().rsplit(":", 1)[1], members)
     return trees
