@@ -71,6 +71,13 @@ class ZooKeeperSettings:
     retry_max_delay_seconds: float = field(
         default=1.0, metadata=_doc("cap of the delay between attempts and reconnects")
     )
+    db_unreachable_resign_seconds: float | None = field(
+        default=None,
+        metadata=_doc(
+            "with a metadata DB: a leader cut off from it this long steps down for a standby "
+            "that reaches it (default: 2 x lease_seconds; 0 = never)"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,13 @@ def zookeeper_session_seconds(s: Settings) -> float:
     return s.zookeeper.session_timeout_seconds or s.lease_seconds
 
 
+def zookeeper_db_resign_seconds(s: Settings) -> float:
+    """How long a ZooKeeper leader may be cut off from the metadata DB before it steps down
+    for a standby that reaches it (0: never)."""
+    value = s.zookeeper.db_unreachable_resign_seconds
+    return 2 * s.lease_seconds if value is None else value
+
+
 def _validate_zookeeper(s: Settings) -> None:
     zk = s.zookeeper
     _validate_zk_hosts(zk.hosts)
@@ -318,6 +332,7 @@ def _validate_zookeeper(s: Settings) -> None:
             f"backend_timeout_seconds + self_fence_margin_seconds = {renew_window:g} s",
             "raise it (or lease_seconds), or lower those",
         )
+    _validate_db_resign(s)
     if zk.retry_max_tries < 1 or zk.retry_max_tries > 100:
         raise ConfigError("zookeeper.retry_max_tries", "must be 1 to 100", "e.g. 3")
     if zk.retry_delay_seconds <= 0 or zk.retry_max_delay_seconds < zk.retry_delay_seconds:
@@ -334,6 +349,22 @@ def _validate_zookeeper(s: Settings) -> None:
             f"use <= {session / 3:.2f}",
         )
     _validate_zk_tls(zk)
+
+
+def _validate_db_resign(s: Settings) -> None:
+    name = "zookeeper.db_unreachable_resign_seconds"
+    resign = zookeeper_db_resign_seconds(s)
+    if not 0 <= resign <= 3600:
+        raise ConfigError(
+            name, f"{resign:g} s is not 0 (never) or up to 3600 s", "e.g. 2 x lease_seconds"
+        )
+    if 0 < resign < s.lease_seconds:
+        raise ConfigError(
+            name,
+            f"{resign:g} s is below lease_seconds ({s.lease_seconds:g} s): a blip of the "
+            "metadata DB would move the scheduler",
+            f"use at least {s.lease_seconds:g}, or 0 to never resign for it",
+        )
 
 
 def _validate_zk_hosts(hosts: str | None) -> None:

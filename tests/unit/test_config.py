@@ -243,3 +243,19 @@ def test_scrub_removes_every_form_of_the_password() -> None:
         scrub("bad password=hunter22 here", "host=h password=hunter22") == "bad password=*** here"
     )
     assert scrub("nothing secret", "postgresql://u@db/a") == "nothing secret"
+
+
+def test_db_unreachable_resign_seconds(tmp_path: Path) -> None:
+    from failover.config import zookeeper_db_resign_seconds
+
+    zk = {"FAILOVER_BACKEND": "zookeeper", "FAILOVER_ZOOKEEPER__HOSTS": "zk1:2181"}
+    assert zookeeper_db_resign_seconds(load(tmp_path, env=zk)) == 20.0  # 2 x lease
+    assert zookeeper_db_resign_seconds(load(tmp_path, env=zk, lease_seconds=6)) == 12.0
+    key = "FAILOVER_ZOOKEEPER__DB_UNREACHABLE_RESIGN_SECONDS"
+    assert zookeeper_db_resign_seconds(load(tmp_path, env={**zk, key: "0"})) == 0.0  # never
+    assert zookeeper_db_resign_seconds(load(tmp_path, env={**zk, key: "45"})) == 45.0
+    for value, words in (("5", "below lease_seconds (10 s)"), ("-1", "not 0"), ("inf", "not 0")):
+        with pytest.raises(ConfigError) as err:
+            load(tmp_path, env={**zk, key: value})
+        assert err.value.field == "zookeeper.db_unreachable_resign_seconds"
+        assert words in str(err.value) and "\n" not in str(err.value)
