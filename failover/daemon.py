@@ -18,14 +18,16 @@ from prometheus_client import CollectorRegistry
 
 from failover import __version__, airflowdb, log, proctree, publish
 from failover.child import Child, ChildPolicy
-from failover.config import Settings
+from failover.config import Settings, zookeeper_db_resign_seconds
 from failover.controller import Controller, Role, TickResult, Timings
-from failover.election import open_backend, password_for
+from failover.dbreach import DbReach, ReachPolicy
+from failover.election import open_backend, open_reach, password_for
 from failover.errors import ConfigError, FailoverError
 from failover.health import HealthPolicy
 from failover.http import Board, Server, read_token
 from failover.launcher import KeeperLauncher, SidecarLauncher
 from failover.metrics import Metrics
+from failover.pg import RECONNECT_MAX_SECONDS
 from failover.proof import boottime
 from failover.sdnotify import Notifier
 from failover.sources import check_private_file
@@ -83,6 +85,20 @@ def health_policy(settings: Settings) -> HealthPolicy:
     threshold = settings.airflow.health_threshold_seconds or airflowdb.health_threshold(os.environ)
     grace = settings.airflow.startup_grace_seconds or max(60.0, 2 * threshold)
     return HealthPolicy(threshold=threshold, startup_grace=grace)
+
+
+def reach_policy(settings: Settings) -> ReachPolicy:
+    """ZooKeeper mode: when DB reachability moves leadership. A taker must have reached the
+    DB longer than a reconnect backoff, so the first of several members to heal after an
+    outage of everybody's is not handed a leader that was about to reconnect too."""
+    loop, timeout = settings.loop_seconds, settings.backend_timeout_seconds
+    return ReachPolicy(
+        resign_after=zookeeper_db_resign_seconds(settings),
+        fresh=3 * loop + timeout + 1,
+        steady=max(settings.lease_seconds, RECONNECT_MAX_SECONDS + loop + timeout),
+        timeout=timeout,
+        publish_every=loop,
+    )
 
 
 def _health_source(settings: Settings) -> airflowdb.JobTable | None:
@@ -168,6 +184,8 @@ class Daemon:
             raise ConfigError("command", missing, "install it or fix the command")
         self.backend, self.store = open_backend(settings)
         self.health = _health_source(settings)
+        board = open_reach(settings, self.backend)
+        reach = DbReach(board, reach_policy(settings), settings.node) if board else None
         self.sidecar = SidecarLauncher(settings.keeper.listen) if settings.keeper.listen else None
         launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher(
             adopt_orphans=True
@@ -186,6 +204,7 @@ class Daemon:
             base_env=os.environ,
             health=self.health,
             health_policy=health_policy(settings),
+            db_reach=reach,
         )
         self.log = log.get()
         self.signals: list[int] = []
@@ -289,6 +308,8 @@ class Daemon:
             self.child.discard_warm()  # it was started with the old configuration
         self.settings = new
         self.controller.t = timings(new)
+        if self.controller.db_reach is not None:
+            self.controller.db_reach.policy = reach_policy(new)
         self.child.command = tuple(new.command)
         self.child.policy = child_policy(new)
         log.configure(new.log.format, new.log.level)

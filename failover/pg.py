@@ -20,6 +20,8 @@ from psycopg2 import sql
 from failover.dsn import scrub
 from failover.errors import BackendUnavailable
 
+RECONNECT_MAX_SECONDS = 5.0  # cap of the backoff between failed connects
+
 
 @dataclass(frozen=True)
 class SessionTimings:
@@ -104,7 +106,8 @@ class Session:
         except psycopg2.Error as err:
             self.failures += 1
             self.last_error = one_line(err, self.dsn)
-            self.next_attempt = now + min(0.25 * 2 ** min(self.failures, 5), 5.0)
+            backoff = 0.25 * 2 ** min(self.failures, 5)
+            self.next_attempt = now + min(backoff, RECONNECT_MAX_SECONDS)
             raise BackendUnavailable(f"cannot connect to PostgreSQL: {self.last_error}") from err
         self.failures = 0
         self.generation += 1

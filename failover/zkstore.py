@@ -149,8 +149,9 @@ class ZkNodes:
         )
         return created
 
-    def write(self, what: str, path: str, data: bytes) -> ZnodeStat:
-        """Set a node's data, creating it if missing; the reply's mtime anchors server time."""
+    def write(self, what: str, path: str, data: bytes, ephemeral: bool = False) -> ZnodeStat:
+        """Set a node's data, creating it if missing (in our session with `ephemeral`); the
+        reply's mtime anchors server time."""
         for _ in range(CAS_TRIES):
             try:
                 stat: ZnodeStat = self.conn.call(
@@ -158,7 +159,7 @@ class ZkNodes:
                 )
             except NoNodeError:
                 try:
-                    stat = self.create(what, path, data, include_data=True)[1]
+                    stat = self.create(what, path, data, include_data=True, ephemeral=ephemeral)[1]
                 except NodeExistsError:
                     continue
             self.anchor = (stat.mtime, time.monotonic())

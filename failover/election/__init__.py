@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from failover import log
 from failover.config import Settings
+from failover.dbreach import ReachBoard
 from failover.election.base import ElectionBackend, MemberStore
 
 
@@ -49,6 +50,8 @@ def open_backend(settings: Settings) -> tuple[ElectionBackend, MemberStore]:
         return election, open_store(settings)
     if settings.backend == "zookeeper":
         from failover.election.zookeeper import ZooKeeperElection
+        from failover.members import PostgresMembers
+        from failover.pgfence import OlderEpochSweep
         from failover.zkconn import ZkConnection, zk_options
         from failover.zkstore import SwitchoverAware, ZkNodes, ZooKeeperMembers
 
@@ -56,13 +59,32 @@ def open_backend(settings: Settings) -> tuple[ElectionBackend, MemberStore]:
         s = settings
         renew_window = s.loop_seconds + s.backend_timeout_seconds + s.self_fence_margin_seconds
         try:  # one session for both; members go to the metadata DB when there is one
-            zk = ZooKeeperElection(nodes, s.lease_seconds, renew_window, _warn)
             members = open_store(s) if s.metadata_dsn else ZooKeeperMembers(nodes)
+            sweep = None  # a new leader ends older epochs' DB sessions on the store's session
+            if isinstance(members, PostgresMembers):
+                sweep = OlderEpochSweep(members.session, s.cluster)
+            zk = ZooKeeperElection(nodes, s.lease_seconds, renew_window, _warn, sweep)
         except BaseException:
             nodes.conn.close()
             raise
         return zk, SwitchoverAware(members, zk.stand_aside)
     raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")
+
+
+def open_reach(settings: Settings, backend: ElectionBackend) -> ReachBoard | None:
+    """ZooKeeper mode with a metadata DB: where members say whether they reach the DB (on the
+    election's session); None when there is no DB or the rule is off."""
+    from failover.config import zookeeper_db_resign_seconds
+
+    if settings.backend != "zookeeper" or not settings.metadata_dsn:
+        return None
+    if zookeeper_db_resign_seconds(settings) <= 0:
+        return None
+    from failover.election.zookeeper import ZooKeeperElection
+    from failover.zkreach import ZkReachBoard
+
+    assert isinstance(backend, ZooKeeperElection)
+    return ZkReachBoard(backend.nodes, settings.node)
 
 
 def open_store(settings: Settings) -> MemberStore:

@@ -10,7 +10,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
@@ -47,8 +47,10 @@ class ZooKeeperElection(ElectionBackend):
         lease_seconds: float,
         min_session_seconds: float,
         on_warning: Callable[[str], None] | None = None,
+        sweep: Callable[[int], int] | None = None,
     ) -> None:
         self.nodes = nodes
+        self.sweep = sweep  # ends older epochs' metadata-DB sessions (see pgfence)
         self.conn = conn = nodes.conn
         self.client = conn.client
         self.node = conn.options.node
@@ -340,8 +342,24 @@ class ZooKeeperElection(ElectionBackend):
         return got
 
     def fence(self, epoch: int, force: bool) -> FenceReport:
-        """Nothing to terminate in ZooKeeper: wait until the previous leader's keeper deadline
-        has surely passed unless it released (its child proven gone) or its lease ran out."""
+        """Wait until the previous leader's keeper deadline has surely passed unless it released
+        (its child proven gone); then, with a metadata DB, end older epochs' sessions there."""
+        report = self._fence_zk()
+        if report.pending or self.sweep is None:
+            return report
+        try:
+            ended = self.sweep(epoch)
+        except BackendUnavailable as err:
+            # The old tree is dead by its keeper deadline: start, but say what was not done.
+            text = f"older epochs' metadata DB sessions not checked: {err}"
+            self.warn(text)
+            return replace(report, detail=f"{report.detail}; {text}")
+        if not ended:
+            return report
+        detail = f"{report.detail}; terminated {ended} older session(s) in the metadata DB"
+        return replace(report, terminated=ended, detail=detail)
+
+    def _fence_zk(self) -> FenceReport:
         prev = self.previous
         if prev is None:
             return FenceReport(pending=0, detail="no earlier leader on record")
