@@ -171,10 +171,13 @@ class Child:
         self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         self.warm_ready = False
 
-    def discard_warm(self) -> None:
+    def discard_warm(self, reason: str = "") -> None:
+        """Close the warm keeper; with a `reason`, its pre-warmed scheduler counts as replaced."""
         if self.warm is not None:
-            if self.prewarm.state != "off":
-                self.prewarm.restarts += 1  # replaced for new inputs (a reload)
+            if reason and self.prewarm.state != "off":
+                self.prewarm.restarts += 1
+                fields: dict[str, object] = {"pid": self.prewarm.pid, "reason": reason}
+                self.prewarm.events.append(("info", "prewarm_restart", fields))
             self.warm.close()
             self.warm = None
             self.warm_ready = False

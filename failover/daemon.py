@@ -305,7 +305,7 @@ class Daemon:
             )
             return
         if new != self.settings:
-            self.child.discard_warm()  # it was started with the old configuration
+            self.child.discard_warm("configuration reloaded")  # started with the old one
         self.settings = new
         self.controller.t = timings(new)
         if self.controller.db_reach is not None:

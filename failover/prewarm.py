@@ -168,11 +168,20 @@ def _read_go(fd: int) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def _title(text: str) -> None:
-    with contextlib.suppress(Exception):  # cosmetic only
+WARM_NAME = b"failover-warm"  # /proc/<pid>/comm while waiting: not a running scheduler yet
+
+
+def _title(text: str, comm: bytes) -> None:
+    """The process title (`ps`) and its short name (/proc/<pid>/comm), in that order: the
+    title library also sets the short name."""
+    with contextlib.suppress(Exception):  # cosmetic
         import setproctitle  # an Airflow dependency
 
         setproctitle.setproctitle(text)
+    with contextlib.suppress(Exception):  # tools and tests tell a waiting process by it
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm), 0, 0, 0)  # PR_SET_NAME
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -192,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     command = list(args.command)
     run: Callable[[], Any] | None = None
-    _title(f"{' '.join(command)} [warm standby]")
+    _title(f"{' '.join(command)} [warm standby]", WARM_NAME)
     try:
         run, info = warm_up(command)
         _report(args.status_fd, "READY " + json.dumps(info))
@@ -204,10 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os._exit(0)  # the keeper is gone or gave up on us: nothing to clean up
     os.close(args.control_fd)
     os.environ.update(env)
-    if run is None:
+    if run is None:  # exec gives the process the command's own name
         os.execvp(command[0], command)  # noqa: S606 - the plain command, as the CLI
     sys.argv = list(command)
-    _title(" ".join(command))
+    _title(" ".join(command), os.path.basename(command[0]).encode()[:15])
     return int(run() or 0)
 
 

@@ -298,16 +298,21 @@ class DbSampler(Periodic):
             self.conn.close()
 
 
-WARM_TITLE = b"[warm standby]"  # failover/prewarm.py's process title until GO
+WARM_NAME = b"failover-warm"  # failover/prewarm.py's /proc/<pid>/comm until GO
 
 
 def _warm_standby(pid: int) -> bool:
-    """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session)."""
+    """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session): named
+    `failover-warm`, or not yet named (the interpreter still starting failover/prewarm.py)."""
     try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            comm = f.read().strip()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().rstrip(b"\0").endswith(WARM_TITLE)
+            argv = f.read().split(b"\0")
     except OSError:
         return False
+    starting = comm.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
+    return comm == WARM_NAME or starting
 
 
 def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:

@@ -34,21 +34,30 @@ class JobSampler(Periodic):
     def __init__(self, dsn: str, cluster: str) -> None:
         super().__init__(interval=0.1)
         self.cluster = cluster
-        self.conn = psycopg2.connect(dsn)
-        self.conn.autocommit = True
+        self.dsn = dsn
+        self.conn: Any = None
 
     def check(self) -> Any:
-        with self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT DISTINCT hostname FROM job WHERE job_type = 'SchedulerJob' "
-                "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'"
-            )
-            fresh = {r[0] for r in cur.fetchall()}
+        try:
+            if self.conn is None:
+                self.conn = psycopg2.connect(self.dsn, connect_timeout=2)
+                self.conn.autocommit = True
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT DISTINCT hostname FROM job WHERE job_type = 'SchedulerJob' "
+                    "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'"
+                )
+                fresh = {r[0] for r in cur.fetchall()}
+        except psycopg2.Error:
+            self.finish()  # the server restarts: no sample until it is back
+            return self.SKIP
         both = fresh & {p["node"] for p in cluster_processes(self.cluster).values()}
         return f"heartbeating {sorted(both)}" if len(both) > 1 else None
 
     def finish(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 @pytest.fixture
