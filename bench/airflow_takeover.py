@@ -1,10 +1,13 @@
 """Real Airflow 2.11.2 under two candidates on PostgreSQL: time from the fault to the new
 scheduler's first `job` row (its start_date = first heartbeat), DB clock on both ends.
 
-    python bench/airflow_takeover.py [--runs 5]    (needs scripts/test's Airflow venv)
+    python bench/airflow_takeover.py [--runs 5] [--prewarm off,on]
+                                      (needs scripts/test's Airflow venv)
 
 Scenarios: kill9 (leader daemon SIGKILLed), graceful (leader daemon SIGTERMed),
 hang (leader's scheduler SIGSTOPped; health threshold 6 s, heartbeat every 1 s).
+With prewarm on ([airflow] prewarm), each run waits until the standby's scheduler is
+pre-warmed before the fault.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg2
 
 from tests.e2e.conftest import AirflowDb, airflow_binary
-from tests.harness import Cluster, keeper_trees, wait_until
+from tests.harness import Cluster, keeper_trees, wait_until, warm_processes
 from tests.servers import PostgresServer
 
 
@@ -53,9 +56,16 @@ def newest_job(dsn: str) -> tuple[int, str, Any] | None:
     return rows[0] if rows else None
 
 
-def one_run(c: Cluster, db: AirflowDb, scenario: str) -> float:
+def one_run(c: Cluster, db: AirflowDb, scenario: str, prewarm: bool) -> float:
     before = wait_until(lambda: newest_job(db.dsn), 120, "a running scheduler", 0.2)
     leader = before[1]
+    if prewarm:
+        wait_until(
+            lambda: set(warm_processes(c.cluster).values()) - {leader},
+            120,
+            "a pre-warmed standby",
+            0.1,
+        )
     if scenario == "hang":
         (keeper,) = [k for k, (node, _) in keeper_trees(c.cluster).items() if node == leader]
         with open(f"/proc/{keeper}/task/{keeper}/children") as f:
@@ -78,6 +88,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--scenarios", default="kill9,graceful,hang")
+    p.add_argument("--prewarm", default="off", help="off, on, or off,on: [airflow] prewarm")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "airflow.md"))
     args = p.parse_args()
     server = PostgresServer()
@@ -86,17 +97,18 @@ def main() -> int:
         f"Real Airflow 2.11.2, fault -> new scheduler's first job row, seconds "
         f"({os.cpu_count()} cores, lease 5 s, {time.strftime('%Y-%m-%d')})",
         "",
-        "| scenario | runs | min | median | max |",
-        "|---|---|---|---|---|",
+        "| scenario | prewarm | runs | min | median | max |",
+        "|---|---|---|---|---|---|",
     ]
     try:
-        for scenario in args.scenarios.split(","):
-            values = bench(server, scenario, args.runs)
-            lines.append(
-                f"| {scenario} | {len(values)} | {min(values):.2f} | "
-                f"{statistics.median(values):.2f} | {max(values):.2f} |"
-            )
-            print(lines[-1], flush=True)
+        for prewarm in args.prewarm.split(","):
+            for scenario in args.scenarios.split(","):
+                values = bench(server, scenario, args.runs, prewarm == "on")
+                lines.append(
+                    f"| {scenario} | {prewarm} | {len(values)} | {min(values):.2f} | "
+                    f"{statistics.median(values):.2f} | {max(values):.2f} |"
+                )
+                print(lines[-1], flush=True)
     finally:
         server.close()
     text = "\n".join(lines) + "\n"
@@ -106,7 +118,7 @@ def main() -> int:
     return 0
 
 
-def bench(server: PostgresServer, scenario: str, runs: int) -> list[float]:
+def bench(server: PostgresServer, scenario: str, runs: int, prewarm: bool) -> list[float]:
     import subprocess
 
     with tempfile.TemporaryDirectory(prefix="bench-af-") as tmp:
@@ -133,6 +145,7 @@ def bench(server: PostgresServer, scenario: str, runs: int) -> list[float]:
                 "stop_timeout_seconds": "20",
                 "airflow.startup_grace_seconds": "40",
                 "max_fast_failures": "10",
+                "airflow.prewarm": "true" if prewarm else "false",
             },
             command=(db.binary, "scheduler", "--skip-serve-logs"),
             env=db.env(),
@@ -141,7 +154,7 @@ def bench(server: PostgresServer, scenario: str, runs: int) -> list[float]:
             c.start_all()
             values = []
             for _ in range(runs):
-                values.append(one_run(c, db, scenario))
+                values.append(one_run(c, db, scenario, prewarm))
                 time.sleep(1.0)
             return values
         finally:

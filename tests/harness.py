@@ -315,6 +315,30 @@ def _warm_standby(pid: int) -> bool:
     return comm == WARM_NAME or starting
 
 
+def warm_processes(cluster: str) -> dict[int, str]:
+    """pid -> node of every pre-warmed scheduler of `cluster` waiting for GO."""
+    from failover import proctree
+
+    marker = f"failover:{cluster}:".encode()
+    found: dict[int, str] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"failover.keeper" not in argv or b"--name" not in argv:
+            continue
+        label = argv[argv.index(b"--name") + 1]
+        if label.startswith(marker):
+            pid = int(name)
+            node = label.decode().rsplit(":", 1)[1]
+            found.update({p: node for p in proctree.tree_members(pid, [pid]) if _warm_standby(p)})
+    return found
+
+
 def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
     """keeper pid -> (node, live processes of its child tree) for every keeper of `cluster`
     that has a child. Found by the keeper's command line and the child tree's session and

@@ -23,7 +23,13 @@ import pytest
 
 from ..harness import Cluster, EnvSampler, cluster_processes, keeper_trees, wait_until
 from .conftest import AirflowDb, migrated_db
-from .test_airflow import JobSampler, assert_no_task_ran_twice, heartbeating, keeper_children
+from .test_airflow import (
+    JobSampler,
+    assert_no_task_ran_twice,
+    heartbeating,
+    keeper_children,
+    successes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -99,21 +105,6 @@ def app_names(dsn: str) -> set[str]:
         with conn.cursor() as cur:
             cur.execute("SELECT application_name FROM pg_stat_activity")
             return {r[0] for r in cur.fetchall()}
-    finally:
-        conn.close()
-
-
-def successes(dsn: str, hostname: str) -> int:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM task_instance WHERE dag_id = 'tock' "
-                "AND state = 'success' AND hostname = %s",
-                (hostname,),
-            )
-            row = cur.fetchone()
-            return int(row[0]) if row else 0
     finally:
         conn.close()
 

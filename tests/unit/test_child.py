@@ -147,3 +147,46 @@ def test_discard_warm_closes_it() -> None:
     child.prepare(0, {}, [])
     child.discard_warm()
     assert child.warm is None and "keeper 100 closed" in launcher.log
+
+
+def test_prewarm_state_follows_the_warm_keeper() -> None:
+    log: list[str] = []
+    launcher = FakeLauncher(log)
+    child = Child(launcher, ["airflow", "scheduler"], POLICY, ("--prewarm",))
+    child.prepare(0.0, {}, ["--name", "failover:c:n"])
+    assert launcher.args[-1] == ["--name", "failover:c:n", "--prewarm"]
+    warm = launcher.last
+    warm.inbox.extend(["READY", "WARMING 41"])
+    child.poll(0.1)
+    assert (child.prewarm.state, child.prewarm.pid) == ("starting", 41)
+    warm.inbox.append('WARM {"seconds": 2.5, "rss_bytes": 136314880, "airflow": "2.11.2"}')
+    child.poll(0.2)
+    p = child.prewarm
+    assert (p.state, p.seconds, p.rss_bytes, p.airflow) == ("warm", 2.5, 136314880, "2.11.2")
+    warm.inbox.extend(["REWARM its inputs changed", "WARMING 42", "COLD the warm process exited"])
+    child.poll(0.3)
+    assert child.prewarm.restarts == 2 and child.prewarm.state == "cold"
+    assert [e[1] for e in child.prewarm.events] == [
+        "prewarm_ready",
+        "prewarm_restart",
+        "prewarm_cold",
+    ]
+    child.discard_warm("configuration reloaded")
+    assert child.prewarm.restarts == 3 and child.prewarm.state == "off"
+    assert child.prewarm.events[-1][2]["reason"] == "configuration reloaded"
+
+
+def test_promotion_ends_the_warm_state_and_cold_starts_do_not_prewarm() -> None:
+    log: list[str] = []
+    launcher = FakeLauncher(log)
+    child = Child(launcher, ["airflow", "scheduler"], POLICY, ("--prewarm",))
+    child.start(0.0, 1, 9.0, {}, ["--name", "x"])  # no warm keeper: a cold start
+    assert launcher.args[-1] == ["--name", "x"]
+    launcher.last.inbox.extend(["STARTED 5", "EXITED 0", "GONE child exited"])
+    child.poll(0.5)
+    child.prepare(10.0, {}, ["--name", "x"])
+    launcher.last.inbox.extend(["READY", "WARMING 7", 'WARM {"seconds": 1}'])
+    child.poll(10.1)
+    assert child.prewarm.state == "warm"
+    child.start(10.2, 2, 19.0, {}, ["--name", "x"])
+    assert child.prewarm.state == "off" and launcher.last.sent == ["GO 2 19.000000"]

@@ -259,3 +259,20 @@ def test_db_unreachable_resign_seconds(tmp_path: Path) -> None:
             load(tmp_path, env={**zk, key: value})
         assert err.value.field == "zookeeper.db_unreachable_resign_seconds"
         assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prewarm_settings(tmp_path: Path) -> None:
+    from failover.daemon import prewarm_args
+
+    s = load(tmp_path)
+    assert (s.airflow.prewarm, s.airflow.prewarm_max_age_hours) == (False, 6.0)
+    assert prewarm_args(s) == ()
+    s = load(tmp_path, env={"FAILOVER_AIRFLOW__PREWARM": "true"})
+    assert prewarm_args(s) == ("--prewarm", "--prewarm-max-age", "21600")
+    assert not any("prewarm" in w for w in s.warnings)
+    s = load(tmp_path, "[airflow]\nprewarm = true\nprewarm_max_age_hours = 0\n")
+    assert prewarm_args(s)[-1] == "0"
+    with pytest.raises(ConfigError, match=r"airflow\.prewarm_max_age_hours.*negative"):
+        load(tmp_path, "[airflow]\nprewarm_max_age_hours = -1\n")
+    s = load(tmp_path, "command = ['celery', 'worker']\n[airflow]\nprewarm = true\n")
+    assert any("prewarm only pre-warms `airflow scheduler`" in w for w in s.warnings)

@@ -110,6 +110,16 @@ def test_status_and_metrics(rig: Rig) -> None:
     ):
         assert line in text, line
     assert "# HELP failover_is_leader" in text
+    standby = Sample("standby", 4, None, False, 2, True, None, 1, False, 0.002, True, 2.5, 1, 2**27)
+    rig.metrics.observe(standby)
+    text = rig.request("GET", "/metrics")[2].decode()
+    for line in (
+        "failover_standby_warm 1.0",
+        "failover_standby_warmup_seconds 2.5",
+        "failover_standby_warm_restarts_total 1.0",
+        "failover_standby_warm_rss_bytes 1.34217728e+08",
+    ):
+        assert line in text, line
 
 
 def test_post_needs_the_bearer_token(rig: Rig) -> None:
