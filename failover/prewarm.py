@@ -168,7 +168,9 @@ def _read_go(fd: int) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in env.items()}
 
 
-WARM_NAME = b"failover-warm"  # /proc/<pid>/comm while waiting: not a running scheduler yet
+# /proc/<pid>/comm until GO (not a running scheduler): while importing, then once ready.
+WARMING_NAME = b"failover-warmup"
+WARM_NAME = b"failover-warm"
 
 
 def _title(text: str, comm: bytes) -> None:
@@ -178,10 +180,14 @@ def _title(text: str, comm: bytes) -> None:
         import setproctitle  # an Airflow dependency
 
         setproctitle.setproctitle(text)
+    _name(comm)
+
+
+def _name(comm: bytes) -> None:
     with contextlib.suppress(Exception):  # tools and tests tell a waiting process by it
         import ctypes
 
-        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm), 0, 0, 0)  # PR_SET_NAME
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm[:15]), 0, 0, 0)  # PR_SET_NAME
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -201,9 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     command = list(args.command)
     run: Callable[[], Any] | None = None
-    _title(f"{' '.join(command)} [warm standby]", WARM_NAME)
+    _title(f"{' '.join(command)} [warm standby]", WARMING_NAME)
     try:
         run, info = warm_up(command)
+        _name(WARM_NAME)
         _report(args.status_fd, "READY " + json.dumps(info))
     except Exception as err:  # any failure means: start cold on GO
         _report(args.status_fd, f"COLD {type(err).__name__}: {err}"[:500])

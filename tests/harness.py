@@ -298,12 +298,14 @@ class DbSampler(Periodic):
             self.conn.close()
 
 
-WARM_NAME = b"failover-warm"  # failover/prewarm.py's /proc/<pid>/comm until GO
+# failover/prewarm.py's /proc/<pid>/comm until GO: while importing, then once ready.
+WARMING_NAME, WARM_NAME = b"failover-warmup", b"failover-warm"
 
 
 def _warm_standby(pid: int) -> bool:
     """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session): named
-    `failover-warm`, or not yet named (the interpreter still starting failover/prewarm.py)."""
+    `failover-warmup`/`failover-warm`, or not yet named (the interpreter still starting
+    failover/prewarm.py)."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             comm = f.read().strip()
@@ -312,11 +314,19 @@ def _warm_standby(pid: int) -> bool:
     except OSError:
         return False
     starting = comm.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
-    return comm == WARM_NAME or starting
+    return comm in (WARMING_NAME, WARM_NAME) or starting
+
+
+def _comm(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip()
+    except OSError:
+        return b""
 
 
 def warm_processes(cluster: str) -> dict[int, str]:
-    """pid -> node of every pre-warmed scheduler of `cluster` waiting for GO."""
+    """pid -> node of every pre-warmed scheduler of `cluster` ready and waiting for GO."""
     from failover import proctree
 
     marker = f"failover:{cluster}:".encode()
@@ -335,7 +345,8 @@ def warm_processes(cluster: str) -> dict[int, str]:
         if label.startswith(marker):
             pid = int(name)
             node = label.decode().rsplit(":", 1)[1]
-            found.update({p: node for p in proctree.tree_members(pid, [pid]) if _warm_standby(p)})
+            members = proctree.tree_members(pid, [pid])
+            found.update({p: node for p in members if _comm(p) == WARM_NAME})
     return found
 
 

@@ -94,6 +94,8 @@ def test_warm_scheduler_waits_without_a_database_and_dies_on_eof(tmp_path: Path)
         assert info["rss_bytes"] > 50 * 2**20  # Airflow imported: ~130 MB
         assert len(info["fingerprint"]) == 16
         assert cmdline(pid).endswith(b"[warm standby]")
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            assert f.read().strip() == b"failover-warm"
         time.sleep(1.0)
         assert alive(pid), "a warm scheduler must wait, not exit"
         assert "STARTED" not in lines.words()
