@@ -98,6 +98,7 @@ class Controller:
         self.backend_up = True
         self.backend_error = ""
         self.last_heartbeat: float | None = None
+        self.store_failed = False  # the member store failed earlier in this tick
         self.last_sentence = ""
         self.last_written: tuple[Role, ChildState] | None = None
 
@@ -107,7 +108,6 @@ class Controller:
         self.child.poll(now)
         if self.db_reach is not None:
             self.db_reach.new_tick()
-        self._read_flags()
         before = self.role
         if self.role in (Role.LEADER, Role.FENCING, Role.DEMOTING):
             sentence, transition = self._lead(now)
@@ -154,6 +154,8 @@ class Controller:
     # -- leader side ------------------------------------------------------------------------
     def _lead(self, now: float) -> tuple[str, str | None]:
         held = self._renew(now)
+        # Only now the metadata DB: a hang there cannot come between two renews twice.
+        self._read_flags()
         if self.role is Role.DEMOTING:
             return self._finish_demote(now)
         if held is False:
@@ -298,6 +300,9 @@ class Controller:
         if self.health is None or self.job_baseline is None:
             self.verdict = Verdict(Health.UNKNOWN, "process liveness only")
             return Health.UNKNOWN
+        if self.store_failed:  # the DB just failed us: do not wait on it twice in one tick
+            self.verdict = Verdict(Health.UNKNOWN, "metadata DB unreachable")
+            return Health.UNKNOWN
         try:
             row = self.health.newest(self.job_baseline)
         except BackendUnavailable as err:
@@ -363,11 +368,12 @@ class Controller:
         reason = self.demote_reason
         try:
             self.backend.release()
-            self.store.end_term(self.epoch, reason)
         except BackendUnavailable as err:
             note = f" (release not confirmed: {err}; the lease expires by itself)"
         else:
             note = ""
+            with contextlib.suppress(BackendUnavailable):
+                self.store.end_term(self.epoch, reason)  # history is best effort
         self.role = Role.STANDBY
         self.leader = None
         if reason in ("switchover", "child crash loop", "metadata DB unreachable"):
@@ -378,6 +384,7 @@ class Controller:
 
     # -- standby side -----------------------------------------------------------------------
     def _stand(self, now: float) -> tuple[str, str | None]:
+        self._read_flags()
         if not self.child.gone:
             self.child.stop(hard=True)
             return "standby with a child still alive: killing it", None
@@ -462,9 +469,11 @@ class Controller:
     # -- records ----------------------------------------------------------------------------
     def _read_flags(self) -> None:
         started = self.clock()
+        self.store_failed = False
         try:
             self.flags = self.store.flags()
         except BackendUnavailable as err:
+            self.store_failed = True
             self._db_call(started, err)  # keep the last known flags
             return
         self._db_call(started, None)
@@ -477,8 +486,8 @@ class Controller:
     def _heartbeat(self, now: float, sentence: str) -> None:
         due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop
         shown = (self.role, self.child.state)
-        if not due and shown == self.last_written:
-            return
+        if (not due and shown == self.last_written) or self.store_failed:
+            return  # (a store that failed this tick is tried again next tick, not twice now)
         state = MemberState(
             node=self.node,
             role=self.role.value,

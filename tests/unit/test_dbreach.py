@@ -278,3 +278,79 @@ def test_a_cooling_or_paused_standby_is_no_taker() -> None:
         said = nodes.step()
         assert nodes.leaders() == ["a"]
     assert said["a"].endswith("(metadata DB unreachable, and from no ready standby either)")
+
+
+# --------------------------------------------------------------------------- the leader's tick
+
+
+@dataclass
+class SlowStore(DbStore):
+    """A metadata DB whose reads take `delay` seconds of the fake clock, or fail after it."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    delay: float = 0.0
+    heartbeats: int = 0
+    on_read: list[str] = field(default_factory=list)
+    keeper_lines: list[str] = field(default_factory=list)
+
+    def flags(self) -> ClusterFlags:
+        self.on_read.append(self.keeper_lines[-1] if self.keeper_lines else "")
+        self.clock.advance(self.delay)
+        return super().flags()
+
+    def heartbeat(self, state: MemberState) -> None:
+        self.heartbeats += 1
+        super().heartbeat(state)
+
+
+def test_the_leader_renews_before_it_waits_on_the_metadata_db() -> None:
+    """A hang of the DB (up to tcp_user_timeout) comes after the renew, never between the
+    last renew and the next one on top of the previous tick's DB work."""
+    rig = make_rig(lease=SharedLease())
+    store = SlowStore(clock=rig.clock)
+    rig.controller.store = store
+    assert rig.controller.tick().role is Role.LEADER
+    rig.launcher.last.inbox.append("STARTED 4242")
+    rig.controller.tick()
+    store.keeper_lines = rig.launcher.last.sent
+    store.delay, store.down = 1.5, True  # the first read after a cut hangs, then fails
+    rig.clock.now = 1010.0
+    assert rig.controller.tick().role is Role.LEADER
+    assert store.on_read[-1] == "RUN-UNTIL 1019.000000"  # extended before the read
+
+
+def test_a_failed_store_read_is_not_waited_on_again_in_the_same_tick() -> None:
+    from .fakes import FakeJobs
+
+    rig = make_rig(lease=SharedLease())
+    store = SlowStore(clock=rig.clock)
+    jobs = FakeJobs()
+    rig.controller.store, rig.controller.health = store, jobs
+    assert rig.controller.tick().role is Role.LEADER
+    rig.launcher.last.inbox.append("STARTED 4242")
+    rig.clock.advance(1.0)
+    rig.controller.tick()
+    asked, beats = len(jobs.asked_after), store.heartbeats
+    assert asked == 1 and beats == 2
+    store.down = True
+    for _ in range(3):
+        rig.clock.advance(1.0)
+        rig.controller.tick()
+    assert len(jobs.asked_after) == asked and store.heartbeats == beats
+    assert rig.controller.verdict.detail == "metadata DB unreachable"
+    store.down = False
+    rig.clock.advance(1.0)
+    rig.controller.tick()
+    assert len(jobs.asked_after) == asked + 1 and store.heartbeats == beats + 1
+
+
+def test_resigning_without_the_db_still_confirms_the_release() -> None:
+    nodes = three()
+    a = nodes.rigs["a"]
+    nodes.store("a").down = True
+    for _ in range(21):
+        nodes.step()
+    assert a.controller.role is Role.DEMOTING
+    a.launcher.last.inbox.extend(["EXITED 0", "GONE stop requested"])
+    result = a.controller.tick()
+    assert result.sentence == "released leadership of epoch 1 after the child exited"
