@@ -1,126 +1,22 @@
-"""Network namespaces for chaos tests: a "host" joined to the root namespace by a veth pair,
-and a TCP forwarder so a server bound to loopback can be reached from it."""
+"""Network namespaces for chaos tests: the `host` fixture (a namespace joined to the root
+namespace by a veth pair). `Host` and `Forwarder` live in tests/netns.py (the bench uses
+them too) and are re-exported here for the tests that import them from this module."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
+from ..netns import Forwarder, Host, namespace_host
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@dataclass
-class Host:
-    """A network namespace joined to the root namespace by a veth pair (a /30 of its own)."""
-
-    ns: str
-    host_if: str
-    host_ip: str
-    ns_ip: str
-
-    def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns]
-
-    def cut(self) -> None:
-        ip("link", "set", self.host_if, "down")
-
-    def heal(self) -> None:
-        ip("link", "set", self.host_if, "up")
+__all__ = ["Forwarder", "Host", "host"]
 
 
 @pytest.fixture
 def host() -> Iterator[Host]:
     if shutil.which("ip") is None:
         pytest.fail("iproute2 is needed (scripts/test installs it)", pytrace=False)
-    tag = uuid.uuid4().hex[:6]
-    octet = int(tag[:2], 16) % 200 + 20
-    h = Host(f"fo-{tag}", f"fo-h{tag}", f"10.231.{octet}.1", f"10.231.{octet}.2")
-    ip("netns", "add", h.ns)
-    try:
-        ip("link", "add", h.host_if, "type", "veth", "peer", "name", f"fo-n{tag}")
-        ip("link", "set", f"fo-n{tag}", "netns", h.ns)
-        ip("addr", "add", f"{h.host_ip}/30", "dev", h.host_if)
-        ip("link", "set", h.host_if, "up")
-        ip("netns", "exec", h.ns, "ip", "addr", "add", f"{h.ns_ip}/30", "dev", f"fo-n{tag}")
-        ip("netns", "exec", h.ns, "ip", "link", "set", f"fo-n{tag}", "up")
-        ip("netns", "exec", h.ns, "ip", "link", "set", "lo", "up")
+    with namespace_host() as h:
         yield h
-    finally:
-        pids = subprocess.run(
-            ["ip", "netns", "pids", h.ns], capture_output=True, text=True, check=False
-        )
-        for pid in pids.stdout.split():
-            subprocess.run(["kill", "-9", pid], check=False)
-        subprocess.run(["ip", "link", "del", h.host_if], check=False, capture_output=True)
-        subprocess.run(["ip", "netns", "del", h.ns], check=False, capture_output=True)
-
-
-@dataclass
-class Forwarder:
-    """Listens on `listen_ip` (the veth's root side) and relays to 127.0.0.1:`port`; a cut
-    veth black-holes the packets, so clients see a real partition, not a closed socket."""
-
-    listen_ip: str
-    port: int
-    listen_port: int = 0
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.server = socket.create_server((self.listen_ip, 0))
-        self.server.settimeout(0.2)
-        self.listen_port = self.server.getsockname()[1]
-        self._spawn(self._accept)
-
-    def _spawn(self, target: object, *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        t.start()
-        self._threads.append(t)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-            for a, b in ((client, upstream), (upstream, client)):
-                self._spawn(self._pipe, a, b)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            try:
-                dst.sendall(data)
-            except OSError:
-                break
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.close()
-        for t in self._threads:
-            t.join(timeout=2)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ..harness import Cluster, DbSampler, Sampler, wait_until
-from .conftest import Host
+from ..netns import Host
 
 pytestmark = pytest.mark.chaos
 LEASE = 3.0

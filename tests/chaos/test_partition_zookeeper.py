@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ..harness import Cluster, Sampler, wait_until
-from .conftest import Forwarder, Host
+from ..netns import Forwarder, Host
 
 pytestmark = pytest.mark.chaos
 LEASE = 3.0
