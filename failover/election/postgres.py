@@ -6,6 +6,7 @@ of older epochs to close (proof that their trees are dead) and terminates stragg
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,11 +45,14 @@ class PostgresElection(ElectionBackend):
         notify: bool = True,
         on_warning: Callable[[str], None] | None = None,
         password: Callable[[], str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dsn = dsn
         self.cluster = cluster
         self.node = node
         self.lease = lease_seconds
+        self.timeout = timeout
+        self.clock = clock
         self.prefix = table_prefix
         self.key = lock_key(cluster)
         self.classid, self.objid = split_key(self.key)
@@ -139,7 +143,14 @@ class PostgresElection(ElectionBackend):
         return False
 
     def _renew_and_record(self) -> bool:
-        """Prove we hold the lock and, in the same statement, record when (DB time)."""
+        """Prove we hold the lock and, in the same statement, record when (DB time).
+
+        A proof that arrives later than one backend call may take is no proof: the
+        statement_timeout bounds only the server's part of the call, and a slow network can
+        stretch it up to tcp_user_timeout (half a lease). A leader whose renewals take that
+        long cannot keep its child inside the lease, so it is told the backend is unreachable
+        and steps down in time (the lock stays held until it releases it)."""
+        started = self.clock()
         rows = self._q(
             sql.SQL(
                 "WITH held AS (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
@@ -152,6 +163,12 @@ class PostgresElection(ElectionBackend):
             ).format(t=self._table()),
             (self.classid, self.objid, self.cluster),
         )
+        took = self.clock() - started
+        if rows[0][0] and took > self.timeout:
+            raise BackendUnavailable(
+                f"PostgreSQL answered the renew after {took:.1f} s, more than "
+                f"backend_timeout_seconds ({self.timeout:g} s)"
+            )
         return bool(rows[0][0])
 
     def bump_epoch(self) -> int:

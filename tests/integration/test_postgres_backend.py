@@ -230,3 +230,37 @@ def test_promoted_replica_makes_the_next_leader_wait(
     c = make(elections, pg_dsn, "c", lease=2.0)
     b.release()
     assert c.try_acquire() and c.bump_epoch() == 3 and not c.server_changed  # same server again
+
+
+class SteppingClock:
+    """A monotonic clock that advances `step` seconds on every reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_renew_answered_later_than_the_backend_timeout_is_no_proof(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    # A slow network stretches a call past backend_timeout_seconds (statement_timeout bounds only
+    # the server's part): as if each renew took 1.5 s, more than the 1 s limit.
+    clock = SteppingClock(0.001)
+    a = PostgresElection(pg_dsn, "c", "a", 3.0, 1.0, "failover_", clock=clock)
+    elections.append(a)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    clock.step = 1.5
+    with pytest.raises(BackendUnavailable, match=r"answered the renew after 1\.5 s"):
+        a.renew()
+    with pytest.raises(BackendUnavailable):
+        a.try_acquire()  # the holder's campaign is a renew: no proof either
+    clock.step = 0.001
+    assert a.renew()  # the lock was never given up: a timely answer proves it again
+    b = make(elections, pg_dsn, "b")
+    assert not b.try_acquire()
+    a.release()
+    assert b.try_acquire()
