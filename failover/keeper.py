@@ -382,8 +382,12 @@ class Warm:
             self.restart(f"it is {now - self.ready_at:.0f} s old (max age {self.max_age:g} s)")
 
     def wait_seconds(self, now: float) -> float:
-        due = self.start_at if self.proc is None else self.next_check
-        return max(0.0, due - now) if self.proc is None or self.ready_at is not None else 5.0
+        """Until the next start or check; while it imports, its READY line or exit wakes us."""
+        if self.proc is None:
+            return max(0.0, self.start_at - now)
+        if self.ready_at is None:
+            return 5.0
+        return max(0.0, self.next_check - now)
 
     def restart(self, reason: str) -> None:
         self.keeper.send(f"REWARM {reason}")
@@ -588,31 +592,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, wake_fd: int) -> int:
     """After GO: take the proof of life, start the child, run until its tree is gone."""
+    warm, keeper.warm = keeper.warm, None
+
+    def abandon(why: str, code: int) -> int:
+        """Nothing was started: make sure the warm process is gone, then say so."""
+        if warm is not None:
+            warm.stop()
+        keeper.send(f"GONE {why}")
+        if proof is not None:
+            proof.release()
+        return code
+
     if proof is not None:
         if not proof.activate(epoch):
             keeper.send(f"ERROR {proof.error}")
-            keeper.send("GONE no proof of life")
-            proof.release()
-            return EXIT_LOCK_BUSY
+            return abandon("no proof of life", EXIT_LOCK_BUSY)
         keeper.send("LOCKED")
-    warm, keeper.warm = keeper.warm, None
     if boottime() >= keeper.run_until:
-        if warm is not None:
-            warm.stop()
-        keeper.send("GONE run-until deadline passed before start")
-        return EXIT_START_FAILED
+        return abandon("run-until deadline passed before start", EXIT_START_FAILED)
     if not keeper._read_control() or keeper.stop_started is not None or keeper.reason:
-        if warm is not None:
-            warm.stop()
-        keeper.send("GONE stopped before start")  # GO and EOF/KILL arrived together
-        if proof is not None:
-            proof.release()
-        return 0
+        return abandon("stopped before start", 0)  # GO and EOF/KILL arrived together
     if warm is not None and warm.go(_epoch_env(name, epoch)):
         pass  # the pre-warmed scheduler runs from here
     elif not keeper.start(_child_env(name, epoch)):
-        keeper.send("GONE start failed")
-        return EXIT_START_FAILED
+        return abandon("start failed", EXIT_START_FAILED)
     keeper.run(wake_fd)
     keeper.send(f"GONE {keeper.reason or 'child exited'}")
     if proof is not None:
