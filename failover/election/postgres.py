@@ -69,6 +69,7 @@ class PostgresElection(ElectionBackend):
         self.schema_ready = False
         self.signal_warned = False
         self.previous_silent_for: float | None = None
+        self.bumped_at = 0.0  # self.clock() once the epoch was taken
         self.server_changed = False
 
     # -- helpers ----------------------------------------------------------------------------
@@ -187,6 +188,7 @@ class PostgresElection(ElectionBackend):
             raise BackendUnavailable("lost the lock while taking the epoch")
         # How long the previous leader has not proven its lease (None: never recorded).
         self.previous_silent_for = float(rows[0][1]) if rows[0][1] is not None else None
+        self.bumped_at = self.clock()
         # Another server than the one the previous leader renewed on: a promoted replica (its
         # start time is old) whose replicated renewed_at may lag. Trust neither: wait a lease.
         self.server_changed = bool(rows[0][2])
@@ -198,7 +200,7 @@ class PostgresElection(ElectionBackend):
             self._q("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0]
         )
         fresh = uptime < self.lease
-        silent = self.previous_silent_for
+        silent = self._previous_silent_now()
         if self.server_changed and not force:
             return FenceReport(
                 pending=len(keepers) or 1,
@@ -221,6 +223,16 @@ class PostgresElection(ElectionBackend):
         terminated = self._terminate(keepers + children)
         detail = f"terminated {terminated} older session(s)" if terminated else "no older sessions"
         return FenceReport(pending=0, terminated=terminated, detail=detail)
+
+    def _previous_silent_now(self) -> float | None:
+        """How long the previous leader has not proven its lease by now: its silence when the
+        epoch was taken (DB clock) plus the time since (ours, counted from after that answer,
+        so never more than the truth). Checked on every fence call, not only the first: a
+        predecessor cut off just under a lease ago is waited for only until its lease ran out,
+        not a whole lease more."""
+        if self.previous_silent_for is None:
+            return None
+        return self.previous_silent_for + max(0.0, self.clock() - self.bumped_at)
 
     def release(self) -> None:
         if self._holding:

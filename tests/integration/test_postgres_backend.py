@@ -207,6 +207,27 @@ def test_recently_renewed_leader_is_waited_for(
     keeper.close()
 
 
+def test_keeper_of_a_leader_cut_off_just_under_a_lease_ago_is_fenced_when_its_lease_ends(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    # a renewed, then vanished; b took the lock before a's lease ran out, so a's keeper may
+    # still run: b waits, but only until a's last renew + lease, not a whole lease from now.
+    a = make(elections, pg_dsn, "a", lease=2.0)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    keeper = open_session(pg_dsn, "failover:c:a:1:keeper")
+    time.sleep(1.0)
+    a.release()
+    b = make(elections, pg_dsn, "b", lease=2.0)
+    assert b.try_acquire() and b.bump_epoch() == 2
+    assert b.previous_silent_for is not None and 0.9 < b.previous_silent_for < 2.0
+    first = b.fence(2, force=False)
+    assert first.pending == 1 and not _is_dead(keeper)
+    time.sleep(2.0 - b.previous_silent_for + 0.1)  # a's lease is over now
+    report = b.fence(2, force=False)
+    assert report.pending == 0 and report.terminated == 1, report
+    assert _is_dead(keeper)
+
+
 def test_promoted_replica_makes_the_next_leader_wait(
     pg_dsn: str, elections: list[PostgresElection]
 ) -> None:
