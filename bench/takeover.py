@@ -8,6 +8,10 @@ Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
   kill9     SIGKILL the leader daemon; time from the kill to the new child's exec
   kill9child  SIGKILL the leader's child; time from the kill to the restarted child's exec
   sigstop   SIGSTOP the leader daemon; time from the stop to the new child's exec
+  partition cut the leader's host from the backend (every daemon in its own network
+            namespace, veth link down: packets vanish); time from the cut to the new
+            child's exec; then heal and wait until the old leader follows (postgres and
+            zookeeper; local has no network: n/a)
 "The new child's exec" is the creation time of the new child process (/proc starttime,
 10 ms resolution); the child's own start-up (Python, Airflow imports) comes on top.
 """
@@ -15,6 +19,7 @@ Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import signal
@@ -29,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import Cluster, read_records, wait_until
+from tests.netns import Forwarder, Host, namespace_host
 
 LEASE = 5.0
 SETTINGS = {
@@ -43,7 +49,9 @@ TARGETS = {
     "kill9": "<= 1 s (postgres), <= session timeout + 0.5 s (zookeeper)",
     "sigstop": f"<= lease + 1 s = {LEASE + 1:g} s",
     "kill9child": "restart on the same leader after the 1 s backoff",
+    "partition": f"<= lease + 1 s = {LEASE + 1:g} s",
 }
+NAMESPACE_OCTETS = (221, 222, 223)  # 10.231.<octet>.0/30; chaos tests draw from 20..219
 
 
 def boottime() -> float:
@@ -136,7 +144,79 @@ def bench(
             cluster.stop_all()
 
 
+def partition_run(cluster: Cluster, hosts: dict[str, Host]) -> float:
+    leader, _ = cluster.leader_child(timeout=60)
+    t0 = boottime()
+    hosts[leader].cut()
+    try:
+        new = new_start_after(cluster, t0, leader)
+        took = exec_time(int(new["pid"])) - t0
+    finally:
+        hosts[leader].heal()
+    wait_until(
+        lambda: cluster.sentences(leader)[-1].startswith("no action: following leader"),
+        60,
+        f"{leader} to follow again after the heal",
+    )
+    return took
+
+
+def bench_partition(backend: str, runs: int, zk_hosts: str | None = None) -> list[float]:
+    """Every daemon in a network namespace of its own, reaching the backend over its veth."""
+    from tests.servers import PostgresServer
+
+    settings = dict(SETTINGS, backend=backend)
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        cluster = Cluster(Path(tmp), settings=settings)
+        hosts = {
+            node: stack.enter_context(namespace_host(octet))
+            for node, octet in zip(cluster.nodes, NAMESPACE_OCTETS, strict=True)
+        }
+        endpoint: dict[str, dict[str, str]] = {}
+        if backend == "postgres":
+            ips = ",".join(h.host_ip for h in hosts.values())
+            server = PostgresServer(settings={"listen_addresses": f"127.0.0.1,{ips}"})
+            server.start()
+            stack.callback(server.close)
+            with open(server.data_dir / "pg_hba.conf", "a") as f:
+                f.write("host all all 10.231.0.0/16 trust\n")
+            server.execute("SELECT pg_reload_conf()")
+            dsn = server.create_database("bench_partition")
+            for node, h in hosts.items():
+                mine = dsn.replace("127.0.0.1", h.host_ip)
+                endpoint[node] = {"postgres.dsn": mine, "--pg-dsn": mine}
+        else:
+            assert zk_hosts is not None
+            port = int(zk_hosts.rsplit(":", 1)[1])
+            chroot = f"/bench-partition-{time.monotonic_ns()}"
+            for node, h in hosts.items():
+                forward = Forwarder(h.host_ip, port)
+                stack.callback(forward.close)
+                endpoint[node] = {"zookeeper.hosts": f"{h.host_ip}:{forward.listen_port}{chroot}"}
+        real_argv = cluster.argv
+
+        def argv(node: str) -> list[str]:
+            mine = dict(endpoint[node])
+            pg = mine.pop("--pg-dsn", None)
+            cluster.settings.update(mine)
+            cluster.probe_args = ("--pg-dsn", pg) if pg else ()
+            return hosts[node].exec_prefix() + real_argv(node)
+
+        cluster.argv = argv  # type: ignore[method-assign]
+        try:
+            cluster.start_all()
+            results = []
+            for _ in range(runs):
+                results.append(partition_run(cluster, hosts))
+                time.sleep(1.0)
+            return results
+        finally:
+            cluster.stop_all()
+
+
 def row(backend: str, scenario: str, values: list[float]) -> str:
+    if not values:
+        return f"| {backend} | {scenario} | - | n/a | n/a | n/a | n/a | one host, no network |"
     values = sorted(values)
     p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
     return (
@@ -149,7 +229,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--backends", default="local,postgres,zookeeper")
-    p.add_argument("--scenarios", default="graceful,kill9,kill9child,sigstop")
+    p.add_argument("--scenarios", default="graceful,kill9,kill9child,sigstop,partition")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "takeover.md"))
     args = p.parse_args()
     server = None
@@ -181,7 +261,12 @@ def main() -> int:
     try:
         for backend in backends:
             for scenario in args.scenarios.split(","):
-                values = bench(backend, scenario, args.runs, make_dsn, zk_hosts)
+                if scenario == "partition":
+                    values = (
+                        [] if backend == "local" else bench_partition(backend, args.runs, zk_hosts)
+                    )
+                else:
+                    values = bench(backend, scenario, args.runs, make_dsn, zk_hosts)
                 lines.append(row(backend, scenario, values))
                 print(lines[-1], flush=True)
     finally:

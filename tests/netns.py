@@ -78,10 +78,12 @@ class Host:
 
 
 @contextlib.contextmanager
-def namespace_host() -> Iterator[Host]:
-    """A fresh namespace host; every process left in it is killed and it is deleted after."""
+def namespace_host(octet: int | None = None) -> Iterator[Host]:
+    """A fresh namespace host on 10.231.<octet>.0/30 (random octet unless given); every
+    process left in it is killed and it is deleted after."""
     tag = uuid.uuid4().hex[:6]
-    octet = int(tag[:2], 16) % 200 + 20
+    if octet is None:
+        octet = int(tag[:2], 16) % 200 + 20
     h = Host(f"fo-{tag}", f"fo-h{tag}", f"10.231.{octet}.1", f"10.231.{octet}.2", f"fo-n{tag}")
     ip("netns", "add", h.ns)
     try:
