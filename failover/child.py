@@ -24,6 +24,7 @@ class ChildState(enum.Enum):
 
 
 GONE_STATES = (ChildState.STOPPED, ChildState.BACKOFF, ChildState.FAILED)
+PREWARM_WORDS = ("WARMING", "WARM", "COLD", "REWARM")  # a warm keeper's pre-warm reports
 
 
 class KeeperLink(Protocol):
@@ -77,11 +78,15 @@ class Prewarm:
     fingerprint: str = ""
     detail: str = ""
     restarts: int = 0  # warm processes replaced (inputs changed, max age, died, reload)
+    starts: int = 0  # warm processes this warm keeper started
     # Not yet logged: (level, event, fields); the daemon drains it.
     events: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
 
     def on_line(self, word: str, arg: str) -> None:
         if word == "WARMING":
+            self.starts += 1
+            if self.starts > 1:
+                self.restarts += 1
             pid = int(arg) if arg.isdigit() else None
             self.state, self.pid, self.detail = "starting", pid, "importing Airflow"
         elif word == "WARM":
@@ -105,14 +110,12 @@ class Prewarm:
         elif word == "COLD":
             self.state, self.detail, self.rss_bytes = "cold", arg, 0
             self.events.append(("warning", "prewarm_cold", {"reason": arg}))
-            if arg.startswith("the warm process exited"):
-                self.restarts += 1
         elif word == "REWARM":
-            self.restarts += 1
             self.events.append(("info", "prewarm_restart", {"pid": self.pid, "reason": arg}))
 
     def gone(self) -> None:
         self.state, self.pid, self.rss_bytes, self.detail = "off", None, 0, ""
+        self.starts = 0
 
 
 class Child:
@@ -193,7 +196,7 @@ class Child:
                 self.warm_failures = 0
             elif word == "ERROR":
                 self.warm_error = arg
-            elif word in ("WARMING", "WARM", "COLD", "REWARM"):
+            elif word in PREWARM_WORDS:
                 self.prewarm.on_line(word, arg)
             elif word in ("GONE", "EOF"):
                 self.warm.cleanup()
@@ -293,6 +296,8 @@ class Child:
         elif word == "ERROR":
             self.last_event = arg
             return
+        elif word in PREWARM_WORDS:
+            return  # a warm keeper's last words about its warm process, just before GO
         self.last_event = line
 
     def _gone(self, now: float, reason: str) -> None:

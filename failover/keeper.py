@@ -24,6 +24,7 @@ With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -105,6 +106,8 @@ class Keeper:
 
     def hard_kill(self, reason: str) -> None:
         self.reason = self.reason or reason
+        if self.warm is not None:
+            self.warm.stopping = True
         if self.child is not None and self.exit_code is None:
             proctree.signal_all([self.child.pid], signal.SIGKILL)
         # Reaping stays here, so the main child's exit status is not lost.
@@ -207,16 +210,29 @@ class Keeper:
                 self.hard_kill("proof-of-life session lost")
 
 
+# The body of a pip/setuptools/uv console script for `airflow`: anything else is a wrapper
+# whose own work (env, secrets, sys.path) a pre-warmed start would skip.
+CONSOLE_SCRIPT_LINES = {
+    "import re",
+    "import sys",
+    "from airflow.__main__ import main",
+    "if __name__ == '__main__':",
+    'if __name__ == "__main__":',
+    "sys.exit(main())",
+}
+
+
 def airflow_python(command: Sequence[str], env: Mapping[str, str]) -> tuple[str | None, str]:
-    """The interpreter that runs `command[0]` (a console script): its path, or why not."""
+    """The interpreter of `command[0]` if it is a plain `airflow` console script; or why not."""
     path = shutil.which(command[0], path=env.get("PATH"))
     if path is None:
         return None, f"{command[0]!r} is not on PATH"
     try:
         with open(path, "rb") as f:
-            first = f.readline(512).decode("utf-8", "replace").strip()
+            text = f.read(4096).decode("utf-8", "replace")
     except OSError as err:
         return None, f"cannot read {path}: {err.strerror}"
+    first, _, body = text.partition("\n")
     if not first.startswith("#!"):
         return None, f"{path} is not a Python console script (no #! line)"
     words = first[2:].split()
@@ -224,6 +240,11 @@ def airflow_python(command: Sequence[str], env: Mapping[str, str]) -> tuple[str 
         words = [shutil.which(words[1], path=env.get("PATH")) or words[1], *words[2:]]
     if len(words) != 1 or "python" not in os.path.basename(words[0]):
         return None, f"{path} does not run under a plain Python interpreter ({first[:80]})"
+    for raw in body.splitlines():
+        line = raw.strip()
+        plain = not line or line.startswith(("#", "sys.argv[0] = re.sub("))
+        if not plain and line not in CONSOLE_SCRIPT_LINES:
+            return None, f"{path} is a wrapper, not a plain console script ({line[:60]!r})"
     if not os.access(words[0], os.X_OK):
         return None, f"{path}'s interpreter {words[0]} is not executable"
     return words[0], ""
@@ -240,28 +261,38 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def fingerprint(paths: Sequence[str], python: str, env: Mapping[str, str]) -> str:
-    """What the warm process was built from: watched files' identity, interpreter, AIRFLOW__*."""
-    h = hashlib.sha256(python.encode())
+def identity(paths: Sequence[str]) -> list[object]:
+    """What each path is now: [inode, size, mtime_ns], or None when missing (as prewarm.py)."""
+    out: list[object] = []
     for path in paths:
         try:
             st = os.stat(path)
-            h.update(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            out.append([st.st_ino, st.st_size, st.st_mtime_ns])
         except OSError:
-            h.update(f"{path}:missing\n".encode())
-    for key in sorted(k for k in env if k.startswith("AIRFLOW__") or k == "AIRFLOW_HOME"):
-        h.update(f"{key}={env[key]}\n".encode())
-    return h.hexdigest()[:16]
+            out.append(None)
+    return out
+
+
+def fingerprint(paths: Sequence[str]) -> str:
+    """What a warm process was built from: the identity of the files it watches."""
+    blob = json.dumps([list(paths), identity(paths)])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+EXIT_UNSUPPORTED, EXIT_WARMUP_FAILED = 3, 4  # failover/prewarm.py's exit codes
 
 
 class Warm:
     """A pre-warmed `airflow scheduler` in the keeper's session, waiting for GO on a pipe.
 
-    Re-warmed when its fingerprint changes or it reaches `max_age`; restarted with a backoff
-    if it dies before GO; output goes where the keeper's goes (the journal), never a pipe.
+    Re-warmed when the files it was built from change (once they have been still for
+    SETTLE seconds: not in the middle of a `pip install`) or at `max_age`; restarted with a
+    backoff if its warm-up fails, dies or hangs; output goes where the keeper's goes.
     """
 
     CHECK_EVERY = 2.0
+    SETTLE = 5.0
+    WARMUP_LIMIT = 120.0
     SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prewarm.py")
 
     def __init__(self, keeper: Keeper, python: str, max_age: float) -> None:
@@ -272,12 +303,15 @@ class Warm:
         self.control = -1  # our write end of its GO pipe
         self.status = -1  # our read end of its status pipe
         self.buffer = b""
+        self.started_at = 0.0
         self.ready_at: float | None = None
         self.watch: list[str] = []
         self.print = ""
+        self.changed: tuple[str, float] | None = None  # a new fingerprint and since when
         self.next_check = 0.0
         self.start_at = 0.0
         self.failures = 0
+        self.stopping = False  # we end it ourselves: its exit is no news
 
     @property
     def pid(self) -> int | None:
@@ -306,7 +340,10 @@ class Warm:
         finally:
             os.close(go_r)
             os.close(status_w)
+        self.started_at = boottime()
         self.ready_at = None
+        self.changed = None
+        self.stopping = False
         self.buffer = b""
         self.keeper.send(f"WARMING {self.proc.pid}")
 
@@ -321,12 +358,19 @@ class Warm:
         self.start_at = boottime() + min(5.0 * 2 ** (self.failures - 1), 300.0)
 
     def exited(self, code: int) -> None:
-        """Reaped before GO: report it and start again after a backoff."""
+        """Reaped before GO: start again after a backoff, unless it cannot be pre-warmed."""
         if self.proc is not None:
             self.proc.returncode = code
         self.proc = None
+        self.read()  # its last words (COLD ...)
         self._close_fds()
-        self.keeper.send(f"COLD the warm process exited with {code} before GO")
+        if self.stopping:
+            return
+        if code == EXIT_UNSUPPORTED:
+            self.start_at = float("inf")  # GO starts the plain command
+            return
+        if code != EXIT_WARMUP_FAILED:
+            self.keeper.send(f"COLD the warm process exited with {code} before GO")
         self._backoff()
 
     def read(self) -> None:
@@ -353,9 +397,10 @@ class Warm:
         try:
             info = json.loads(payload)
             self.watch = [str(p) for p in info.get("watch", [])]
+            seen = info.get("seen", [])
         except (ValueError, AttributeError):
-            info, self.watch = {}, []
-        self.print = fingerprint(self.watch, self.python, os.environ)
+            info, self.watch, seen = {}, [], []
+        self.print = fingerprint(self.watch)
         self.ready_at = boottime()
         self.next_check = self.ready_at + self.CHECK_EVERY
         self.failures = 0
@@ -366,27 +411,39 @@ class Warm:
             "fingerprint": self.print,
         }
         self.keeper.send("WARM " + json.dumps(report))
+        if identity(self.watch[: len(seen)]) != seen:
+            self.changed = (self.print, self.ready_at)  # read while they changed: re-warm
 
     def maintain(self, now: float) -> None:
-        """Start it when due; replace it when its inputs changed or it is too old."""
+        """Start it when due; replace it when its inputs changed, it hangs or is too old."""
         if self.proc is None:
             if now >= self.start_at:
                 self.start()
             return
-        if self.ready_at is None or now < self.next_check:
+        if self.ready_at is None:
+            if now - self.started_at >= self.WARMUP_LIMIT:
+                self.keeper.send(f"COLD the warm-up hung for {self.WARMUP_LIMIT:g} s")
+                self.stop()
+                self._backoff()
+            return
+        if now < self.next_check:
             return
         self.next_check = now + self.CHECK_EVERY
-        if fingerprint(self.watch, self.python, os.environ) != self.print:
-            self.restart("its inputs changed (Airflow installation or airflow.cfg)")
+        current = fingerprint(self.watch)
+        if current != self.print or self.changed is not None:
+            if self.changed is None or self.changed[0] != current:
+                self.changed = (current, now)  # changing: wait until it is still
+            elif now - self.changed[1] >= self.SETTLE:
+                self.restart("its inputs changed (Airflow installation or airflow.cfg)")
         elif self.max_age > 0 and now - self.ready_at >= self.max_age:
             self.restart(f"it is {now - self.ready_at:.0f} s old (max age {self.max_age:g} s)")
 
     def wait_seconds(self, now: float) -> float:
-        """Until the next start or check; while it imports, its READY line or exit wakes us."""
+        """Until the next start or check; its READY line or its exit also wakes us."""
         if self.proc is None:
-            return max(0.0, self.start_at - now)
+            return max(0.0, min(self.start_at - now, 3600.0))
         if self.ready_at is None:
-            return 5.0
+            return max(0.0, min(5.0, self.started_at + self.WARMUP_LIMIT - now))
         return max(0.0, self.next_check - now)
 
     def restart(self, reason: str) -> None:
@@ -395,16 +452,21 @@ class Warm:
         self.start()
 
     def stop(self) -> None:
-        """End of file on its GO pipe (it exits at once), then make sure it is gone."""
+        """End of file on its GO pipe (a warm process exits at once; one still importing is
+        killed), then make sure it is gone."""
         proc, self.proc = self.proc, None
         self._close_fds()
         if proc is None:
             return
+        self.stopping = True
+        if self.ready_at is None:
+            proctree.signal_all([proc.pid], signal.SIGKILL)
         try:
             proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             proctree.signal_all([proc.pid], signal.SIGKILL)
-            proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5.0)  # else the keeper's own exit path kills its tree
 
     def go(self, env: Mapping[str, str]) -> bool:
         """Hand the warm process the start: it becomes the keeper's child. False if gone."""
@@ -425,12 +487,16 @@ class Warm:
 def _wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
     """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
     keeper.control.setblocking(False)
-    if keeper.warm is not None and not keeper._read_control():
-        return "daemon gone before go"
     while keeper.go is None:
         warm = keeper.warm
         timeout = 5.0
         if warm is not None:
+            if not keeper._read_control():  # a GO that is waiting beats a re-warm
+                return "daemon gone before go"
+            if keeper.stop_started is not None or keeper.reason:
+                return "stopped before go"
+            if keeper.go is not None:
+                break
             now = boottime()
             keeper._reap()
             warm.maintain(now)

@@ -11,11 +11,12 @@ arguments with Airflow's own parser, configures the SQLAlchemy mappers, then
 `gc.collect(); gc.freeze()`. It opens no database connection (the process may wait for hours
 and the database may fail over meanwhile; a pooled socket would be stale).
 
-Status pipe (one line each): `READY <json>` when warm ({"seconds", "airflow", "watch"}: the
-files whose change should re-warm it), or `COLD <reason>` when it cannot pre-warm (unknown
-Airflow version, a failed import); a cold process still waits and then execs the plain
-command. Control pipe: `GO <json env>` runs the scheduler exactly as the CLI would (the env
-adds FAILOVER_EPOCH and PGAPPNAME); end of file before GO = exit at once.
+Status pipe (one line each): `READY <json>` when warm ({"seconds", "airflow", "watch",
+"seen"}: the files whose change should re-warm it, and their identity before anything was
+read), or `COLD <reason>` and exit when it cannot pre-warm: exit code 3 for a lasting
+reason (unknown Airflow version, not `airflow scheduler`), 4 when the warm-up failed (it may
+work later). Control pipe: `GO <json env>` runs the scheduler exactly as the CLI would (the
+env adds FAILOVER_EPOCH and PGAPPNAME); end of file before GO = exit at once.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import os
 import sys
 
 # Run as a script, our own directory would shadow the standard library (failover/http.py).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
     del sys.path[0]
 
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +41,8 @@ from typing import Any
 # Airflow versions whose scheduler start-up this module knows (public CLI entry points:
 # `airflow.__main__.main`, `airflow.cli.cli_parser.get_parser`, `airflow.settings.engine`).
 SUPPORTED = ((2, 10), (2, 11))
+EXIT_UNSUPPORTED = 3  # will not pre-warm this: the keeper starts the plain command on GO
+EXIT_FAILED = 4  # the warm-up failed: the keeper tries again after a backoff
 # What `airflow scheduler` imports lazily on its first use, imported here in advance.
 MODULES = (
     "airflow.cli.commands.scheduler_command",
@@ -56,7 +61,6 @@ MODULES = (
     "airflow.listeners.spec.lifecycle",
     "airflow.listeners.spec.dagrun",
     "airflow.listeners.spec.taskinstance",
-    "airflow.www.app",
     "alembic.command",
     "alembic.script",
     "alembic.runtime.environment",
@@ -85,40 +89,58 @@ def _version(text: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def _watch_list(airflow: Any) -> list[str]:
-    """Files whose change means the warm process runs outdated code or configuration."""
-    from airflow import configuration
+class Unsupported(Exception):
+    """A lasting reason not to pre-warm this command."""
 
-    package = os.path.dirname(airflow.__file__)
-    site = os.path.dirname(package)
-    paths = [site, package, os.path.join(package, "__init__.py")]
-    config = getattr(configuration, "AIRFLOW_CONFIG", "")
-    if config:
-        paths.append(config)
+
+def watch_list() -> list[str]:
+    """Files whose change means a warm process runs outdated code or configuration, found
+    without importing Airflow (so their identity can be taken before anything is read)."""
+    paths = [os.path.realpath(sys.executable)]
+    spec = importlib.util.find_spec("airflow")
+    if spec is not None and spec.origin:
+        package = os.path.dirname(spec.origin)
+        paths += [os.path.dirname(package), package, spec.origin]
+    home = os.path.expanduser(os.environ.get("AIRFLOW_HOME") or "~/airflow")
+    paths.append(os.path.expanduser(os.environ.get("AIRFLOW_CONFIG") or f"{home}/airflow.cfg"))
     return paths
+
+
+def identity(paths: Sequence[str]) -> list[Any]:
+    """What a path is now: [inode, size, mtime_ns], or None when missing."""
+    out: list[Any] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append([st.st_ino, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append(None)
+    return out
 
 
 def warm_up(command: Sequence[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Everything before the first database use; the callable runs the command."""
     t0 = time.monotonic()
+    watch = watch_list()
+    seen = identity(watch)  # before anything is read: a change during the warm-up shows
     import airflow
 
     version = getattr(airflow, "__version__", "unknown")
     if _version(version) not in SUPPORTED:
         known = ", ".join(f"{a}.{b}" for a, b in SUPPORTED)
-        raise LookupError(f"Airflow {version} is not one prewarm knows ({known})")
+        raise Unsupported(f"Airflow {version} is not one prewarm knows ({known})")
     if len(command) < 2 or command[1] != "scheduler":
-        raise LookupError(f"the command is not `airflow scheduler`: {' '.join(command[:2])}")
+        raise Unsupported(f"the command is not `airflow scheduler`: {' '.join(command[:2])}")
     import importlib
 
     from airflow import settings
     from airflow.__main__ import main
     from airflow.cli import cli_parser
 
-    sys.argv = list(command)
+    sys.argv = [shutil.which(command[0]) or command[0], *command[1:]]
     args = cli_parser.get_parser().parse_args(list(command[1:]))  # cached parser, checked args
     if getattr(args, "daemon", False):
-        raise LookupError("`airflow scheduler --daemon` detaches: run it in the foreground")
+        raise Unsupported("`airflow scheduler --daemon` detaches: run it in the foreground")
     missing = []
     for name in MODULES:
         try:
@@ -141,10 +163,13 @@ def warm_up(command: Sequence[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
         engine.dispose()  # drop any idle pooled connection: it would be stale after hours
     gc.collect()
     gc.freeze()
+    local_settings = sys.modules.get("airflow_local_settings")  # cluster policies, if any
+    extra = [getattr(local_settings, "__file__", None)]
     info = {
         "seconds": round(time.monotonic() - t0, 3),
         "airflow": version,
-        "watch": _watch_list(airflow),
+        "watch": watch + [p for p in extra if p],
+        "seen": seen,
         "not_imported": missing,
     }
     return main, info
@@ -206,23 +231,24 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     command = list(args.command)
-    run: Callable[[], Any] | None = None
     _title(f"{' '.join(command)} [warm standby]", WARMING_NAME)
     try:
         run, info = warm_up(command)
-        _name(WARM_NAME)
-        _report(args.status_fd, "READY " + json.dumps(info))
-    except Exception as err:  # any failure means: start cold on GO
-        _report(args.status_fd, f"COLD {type(err).__name__}: {err}"[:500])
+    except Unsupported as err:
+        _report(args.status_fd, f"COLD {err}"[:500])
+        os._exit(EXIT_UNSUPPORTED)
+    except (Exception, SystemExit) as err:  # argparse exits on bad arguments
+        _report(args.status_fd, f"COLD warm-up failed: {type(err).__name__}: {err}"[:500])
+        os._exit(EXIT_FAILED)  # no atexit: nothing of Airflow's to tidy, no connection
+    _name(WARM_NAME)
+    _report(args.status_fd, "READY " + json.dumps(info))
     os.close(args.status_fd)
     env = _read_go(args.control_fd)
     if env is None:
         os._exit(0)  # the keeper is gone or gave up on us: nothing to clean up
     os.close(args.control_fd)
     os.environ.update(env)
-    if run is None:  # exec gives the process the command's own name
-        os.execvp(command[0], command)  # noqa: S606 - the plain command, as the CLI
-    sys.argv = list(command)
+    sys.argv = [shutil.which(command[0]) or command[0], *command[1:]]  # as the script has it
     _title(" ".join(command), os.path.basename(command[0]).encode()[:15])
     return int(run() or 0)
 

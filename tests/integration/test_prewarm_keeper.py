@@ -149,18 +149,28 @@ def test_warm_scheduler_is_replaced_at_its_max_age(tmp_path: Path) -> None:
 def fake_airflow(
     tmp_path: Path, shebang: str, version: str = "9.0.0"
 ) -> tuple[str, dict[str, str]]:
-    """An `airflow` console script that records how it was run, and a package of `version`."""
+    """An `airflow` console script (as pip writes it, after `shebang`) whose `main()` records
+    how it was run, and an `airflow` package of `version`."""
     bin_dir, pkgs = tmp_path / "bin", tmp_path / "pkgs"
     (pkgs / "airflow").mkdir(parents=True)
     (pkgs / "airflow" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    out = tmp_path / "ran.txt"
+    (pkgs / "airflow" / "__main__.py").write_text(
+        "import os, sys\n"
+        "def main():\n"
+        f"    open({str(out)!r}, 'w').write(' '.join(sys.argv[1:]) + ' epoch='"
+        " + os.environ.get('FAILOVER_EPOCH', '?'))\n"
+        "    return 0\n"
+    )
     bin_dir.mkdir()
     script = bin_dir / "airflow"
-    out = tmp_path / "ran.txt"
     if "python" in shebang:
         body = (
-            "import os, sys\n"
-            f"open({str(out)!r}, 'w').write(' '.join(sys.argv[1:]) + ' epoch='"
-            " + os.environ.get('FAILOVER_EPOCH', '?'))\n"
+            "# -*- coding: utf-8 -*-\nimport re\nimport sys\n"
+            "from airflow.__main__ import main\n"
+            "if __name__ == '__main__':\n"
+            "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+            "    sys.exit(main())\n"
         )
     else:
         body = f'echo "$* epoch=$FAILOVER_EPOCH" > {out}\n'
@@ -175,6 +185,7 @@ def fake_airflow(
     [
         (sys.executable, "Airflow 9.0.0 is not one prewarm knows"),
         ("/bin/sh", "does not run under a plain Python interpreter"),
+        (f"{sys.executable}\nimport os\nos.environ['X'] = '1'", "is a wrapper"),
     ],
 )
 def test_unknown_airflow_starts_the_plain_command(
@@ -192,6 +203,26 @@ def test_unknown_airflow_starts_the_plain_command(
         link.close()
     assert (tmp_path / "ran.txt").read_text().strip() == "scheduler --skip-serve-logs epoch=7"
     assert script
+
+
+def test_failed_warm_up_is_retried(tmp_path: Path) -> None:
+    """A warm-up that fails (here: an executor that does not exist) is tried again after a
+    backoff, and succeeds once the configuration is fixed."""
+    binary = airflow_binary()
+    env = airflow_env(tmp_path / "home")
+    cfg = tmp_path / "home" / "airflow.cfg"
+    cfg.write_text("[core]\nexecutor = NoSuchExecutor\n")
+    env.pop("AIRFLOW__CORE__EXECUTOR")
+    link, lines = warm_keeper([binary, "scheduler"], env)
+    try:
+        first = int(lines.wait("WARMING").split()[1])
+        assert "warm-up failed" in lines.wait("COLD")
+        cfg.write_text("[core]\nexecutor = LocalExecutor\n")
+        second = int(lines.wait("WARMING", 30, after=len(lines.seen)).split()[1])
+        assert second != first and not alive(first)
+        lines.wait("WARM", 60)
+    finally:
+        link.close()
 
 
 def test_go_at_launch_starts_cold_without_warming(tmp_path: Path) -> None:

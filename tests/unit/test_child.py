@@ -165,7 +165,10 @@ def test_prewarm_state_follows_the_warm_keeper() -> None:
     assert (p.state, p.seconds, p.rss_bytes, p.airflow) == ("warm", 2.5, 136314880, "2.11.2")
     warm.inbox.extend(["REWARM its inputs changed", "WARMING 42", "COLD the warm process exited"])
     child.poll(0.3)
-    assert child.prewarm.restarts == 2 and child.prewarm.state == "cold"
+    assert child.prewarm.restarts == 1 and child.prewarm.state == "cold"
+    warm.inbox.append("WARMING 43")
+    child.poll(0.4)
+    assert child.prewarm.restarts == 2 and child.prewarm.state == "starting"
     assert [e[1] for e in child.prewarm.events] == [
         "prewarm_ready",
         "prewarm_restart",
