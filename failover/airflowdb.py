@@ -40,6 +40,20 @@ def health_threshold(env: Mapping[str, str]) -> float:
         return DEFAULT_THRESHOLD
 
 
+RELEASE_SQL = (
+    "WITH base AS (SELECT coalesce(max(id), 0) AS id FROM job), "
+    "released AS (UPDATE job SET state = 'failed' WHERE job_type = 'SchedulerJob' "
+    "AND state = 'running' AND id <= (SELECT id FROM base) RETURNING id) "
+    "SELECT (SELECT id FROM base), (SELECT count(*) FROM released)"
+)
+
+
+def _denied(err: BackendUnavailable) -> bool:
+    import psycopg2.errors
+
+    return isinstance(err.__cause__, psycopg2.errors.InsufficientPrivilege)
+
+
 class JobTable:
     """`job` rows of SchedulerJobs, on a session of its own."""
 
@@ -52,6 +66,7 @@ class JobTable:
         hostname: str | None,
         on_warning: Callable[[str], None],
         password: Callable[[], str] | None = None,
+        release_orphans: Callable[[int], None] | None = None,
     ) -> None:
         self.session = Session(
             dsn,
@@ -64,6 +79,8 @@ class JobTable:
         self.hostname = hostname
         self.warn = on_warning
         self.usable: bool | None = None  # None: not checked yet
+        # Called with the number of dead schedulers' job rows marked failed by baseline().
+        self.release_orphans = release_orphans
 
     def _check_schema(self) -> bool:
         if self.usable is None:
@@ -81,8 +98,30 @@ class JobTable:
         return self.usable
 
     def baseline(self) -> int:
+        """The highest job id now, taken just before our scheduler starts; every SchedulerJob
+        still `running` up to it belongs to a scheduler that is provably gone (fenced, or
+        our own previous child whose whole tree the keeper saw end). With `release_orphans`
+        those rows are marked failed in the same statement, as Airflow itself would once
+        their heartbeat is stale: its startup orphan check then adopts or resets their
+        tasks at once instead of after `orphaned_tasks_check_interval` (300 s)."""
         if not self._check_schema():
             raise BackendUnavailable("no usable Airflow job table")
+        if self.release_orphans is not None:
+            try:
+                base, released = self.session.query(RELEASE_SQL)[0]
+            except BackendUnavailable as err:
+                if not _denied(err):
+                    raise
+                self.warn(
+                    "cannot mark dead schedulers' job rows failed (GRANT UPDATE (state) ON job "
+                    "to this role, see deploy/postgres/grants.sql): their tasks wait for "
+                    "Airflow's orphan check"
+                )
+                self.release_orphans = None
+            else:
+                if released:
+                    self.release_orphans(int(released))
+                return int(base)
         rows = self.session.query("SELECT coalesce(max(id), 0) FROM job")
         return int(rows[0][0])
 

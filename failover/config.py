@@ -131,6 +131,13 @@ class AirflowSettings:
     startup_grace_seconds: float | None = field(
         default=None, metadata=_doc("no hang verdict before this (default: max(60, 2 x threshold))")
     )
+    release_orphans: bool = field(
+        default=True,
+        metadata=_doc(
+            "before a scheduler starts, mark dead schedulers' running job rows failed "
+            "(Airflow then adopts or resets their tasks at once)"
+        ),
+    )
     prewarm: bool = field(
         default=False,
         metadata=_doc("standbys keep an `airflow scheduler` imported and waiting (~130 MB)"),

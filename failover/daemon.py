@@ -112,6 +112,16 @@ def _health_source(settings: Settings) -> airflowdb.JobTable | None:
         airflowdb.expected_hostname(os.environ),
         lambda text: log.get().warning("health_warning", warning=text),
         password_for(settings, settings.metadata_dsn),
+        _log_released if settings.airflow.release_orphans else None,
+    )
+
+
+def _log_released(jobs: int) -> None:
+    log.get().info(
+        "orphans_released",
+        jobs=jobs,
+        detail="dead schedulers' running job rows marked failed: "
+        "the new scheduler adopts or resets their tasks at its start",
     )
 
 

@@ -5,8 +5,11 @@
 -- What failover needs, and nothing more:
 --   * CONNECT to the database (lock, LISTEN, store, keeper sessions);
 --   * its own tables (failover_cluster, failover_member, failover_history), created by the
---     daemon on first start in the schema below - it never touches Airflow's tables;
---   * SELECT on Airflow's "job" table, to judge the scheduler's heartbeat;
+--     daemon on first start in the schema below;
+--   * SELECT on Airflow's "job" table, to judge the scheduler's heartbeat, and UPDATE of its
+--     "state" column ([airflow] release_orphans): before a new scheduler starts, the rows of
+--     dead (fenced) schedulers still marked running are set to failed, as Airflow itself
+--     does once their heartbeat is stale - nothing else of Airflow's is ever written;
 --   * session advisory locks and LISTEN/NOTIFY: allowed to every role, nothing to grant;
 --   * pg_signal_backend, to terminate sessions of older epochs when fencing
 --     (on RDS/Aurora: GRANT rds_superuser instead, as pg_signal_backend cannot be granted there
@@ -20,4 +23,5 @@ GRANT USAGE ON SCHEMA failover TO failover;
 ALTER ROLE failover SET search_path = failover, public;
 GRANT USAGE ON SCHEMA public TO failover;
 GRANT SELECT ON TABLE public.job TO failover;
+GRANT UPDATE (state) ON TABLE public.job TO failover;
 GRANT pg_signal_backend TO failover;
