@@ -39,6 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from failover import proctree
+from failover.prewarm import EXIT_FAILED, EXIT_UNSUPPORTED, identity
 from failover.proof import LockFileProof, PgSessionProof, Proof, boottime
 
 PR_SET_PDEATHSIG = 1
@@ -261,25 +262,10 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def identity(paths: Sequence[str]) -> list[object]:
-    """What each path is now: [inode, size, mtime_ns], or None when missing (as prewarm.py)."""
-    out: list[object] = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            out.append([st.st_ino, st.st_size, st.st_mtime_ns])
-        except OSError:
-            out.append(None)
-    return out
-
-
 def fingerprint(paths: Sequence[str]) -> str:
     """What a warm process was built from: the identity of the files it watches."""
     blob = json.dumps([list(paths), identity(paths)])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-EXIT_UNSUPPORTED, EXIT_WARMUP_FAILED = 3, 4  # failover/prewarm.py's exit codes
 
 
 class Warm:
@@ -369,7 +355,7 @@ class Warm:
         if code == EXIT_UNSUPPORTED:
             self.start_at = float("inf")  # GO starts the plain command
             return
-        if code != EXIT_WARMUP_FAILED:
+        if code != EXIT_FAILED:
             self.keeper.send(f"COLD the warm process exited with {code} before GO")
         self._backoff()
 

@@ -25,8 +25,9 @@ import os
 import sys
 
 # Run as a script, our own directory would shadow the standard library (failover/http.py).
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    del sys.path[0]
+if __name__ == "__main__" and sys.path:  # noqa: SIM102 - ruff allows only this form first
+    if os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+        del sys.path[0]
 
 import argparse
 import contextlib
@@ -107,7 +108,8 @@ def watch_list() -> list[str]:
 
 
 def identity(paths: Sequence[str]) -> list[Any]:
-    """What a path is now: [inode, size, mtime_ns], or None when missing."""
+    """What each path is now: [inode, size, mtime_ns], or None when missing (the keeper
+    compares it with its own look at the same paths)."""
     out: list[Any] = []
     for path in paths:
         try:

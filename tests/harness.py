@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,12 +325,13 @@ def _comm(pid: int) -> bytes:
         return b""
 
 
-def warm_processes(cluster: str) -> dict[int, str]:
-    """pid -> node of every pre-warmed scheduler of `cluster` ready and waiting for GO."""
+def keepers(cluster: str) -> Iterator[tuple[int, str, set[int]]]:
+    """(keeper pid, node, every live process of its tree) for each keeper of `cluster`, found
+    by the keeper's command line and the tree's session and descent (Airflow rewrites its
+    processes' titles and environment, so those cannot be used)."""
     from failover import proctree
 
     marker = f"failover:{cluster}:".encode()
-    found: dict[int, str] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -344,39 +345,25 @@ def warm_processes(cluster: str) -> dict[int, str]:
         label = argv[argv.index(b"--name") + 1]
         if label.startswith(marker):
             pid = int(name)
-            node = label.decode().rsplit(":", 1)[1]
-            members = proctree.tree_members(pid, [pid])
-            found.update({p: node for p in members if _comm(p) == WARM_NAME})
+            yield pid, label.decode().rsplit(":", 1)[1], proctree.tree_members(pid, [pid])
+
+
+def warm_processes(cluster: str) -> dict[int, str]:
+    """pid -> node of every pre-warmed scheduler of `cluster` ready and waiting for GO."""
+    found: dict[int, str] = {}
+    for _, node, members in keepers(cluster):
+        found.update({p: node for p in members if _comm(p) == WARM_NAME})
     return found
 
 
 def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
     """keeper pid -> (node, live processes of its child tree) for every keeper of `cluster`
-    that has a child. Found by the keeper's command line and the child tree's session and
-    descent (Airflow rewrites its processes' titles and environment, so those cannot be used).
-    A standby's pre-warmed scheduler waiting for GO is not a child yet and is left out.
-    """
-    from failover import proctree
-
-    marker = f"failover:{cluster}:".encode()
+    that has a child. A standby's pre-warmed scheduler waiting for GO is not a child yet."""
     trees: dict[int, tuple[str, set[int]]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"failover.keeper" not in argv or b"--name" not in argv:
-            continue
-        label = argv[argv.index(b"--name") + 1]
-        if not label.startswith(marker):
-            continue
-        pid = int(name)
-        members = {p for p in proctree.tree_members(pid, [pid]) if not _warm_standby(p)}
-        if members:
-            trees[pid] = (label.decode().rsplit(":", 1)[1], members)
+    for pid, node, members in keepers(cluster):
+        children = {p for p in members if not _warm_standby(p)}
+        if children:
+            trees[pid] = (node, children)
     return trees
 
 

@@ -89,59 +89,44 @@ def keeper_children(keeper: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
-def heartbeating(dsn: str, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+def rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT hostname FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
-                "AND latest_heartbeat > now() - interval '2 seconds' ORDER BY id DESC LIMIT 1"
-            )
-            row = cur.fetchone()
+            cur.execute(sql, params)
+            return list(cur.fetchall())
     finally:
         conn.close()
-    return row[0] if row and row[0] not in exclude else None
+
+
+def heartbeating(dsn: str, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    found = rows(
+        dsn,
+        "SELECT hostname FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
+        "AND latest_heartbeat > now() - interval '2 seconds' ORDER BY id DESC LIMIT 1",
+    )
+    return found[0][0] if found and found[0][0] not in exclude else None
 
 
 def successes(dsn: str, hostname: str) -> int:
     """Successful task instances of the `tock` DAG (runs independent of each other)."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM task_instance WHERE dag_id = 'tock' "
-                "AND state = 'success' AND hostname = %s",
-                (hostname,),
-            )
-            row = cur.fetchone()
-            return int(row[0]) if row else 0
-    finally:
-        conn.close()
+    sql = (
+        "SELECT count(*) FROM task_instance WHERE dag_id = 'tock' AND state = 'success' "
+        "AND hostname = %s"
+    )
+    return int(rows(dsn, sql, (hostname,))[0][0])
 
 
 def running_jobs(dsn: str, hostname: str) -> int:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
-                "AND hostname = %s",
-                (hostname,),
-            )
-            row = cur.fetchone()
-            return int(row[0]) if row else 0
-    finally:
-        conn.close()
+    sql = (
+        "SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
+        "AND hostname = %s"
+    )
+    return int(rows(dsn, sql, (hostname,))[0][0])
 
 
 def scheduler_job_ids(dsn: str) -> set[int]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT id FROM job WHERE job_type = 'SchedulerJob'")
-            return {r[0] for r in cur.fetchall()}
-    finally:
-        conn.close()
+    return {r[0] for r in rows(dsn, "SELECT id FROM job WHERE job_type = 'SchedulerJob'")}
 
 
 def assert_no_task_ran_twice(db: AirflowDb, killed: str | None = None) -> None:
@@ -154,16 +139,13 @@ def assert_no_task_ran_twice(db: AirflowDb, killed: str | None = None) -> None:
         run, _, node = line.partition(" ")
         runs.setdefault(run, []).append(node)
     doubled = {run: nodes for run, nodes in runs.items() if len(nodes) > 1}
-    conn = psycopg2.connect(db.dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT run_id, try_number FROM task_instance "
-                "WHERE dag_id = 'tick' AND try_number > 1"
-            )
-            retried = {str(r[0]): int(r[1]) for r in cur.fetchall()}
-    finally:
-        conn.close()
+    retried = {
+        str(run): int(n)
+        for run, n in rows(
+            db.dsn,
+            "SELECT run_id, try_number FROM task_instance WHERE dag_id = 'tick' AND try_number > 1",
+        )
+    }
     if killed is None:
         assert not doubled, f"tasks ran twice: {doubled}"
         assert retried == {}, retried

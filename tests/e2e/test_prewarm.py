@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
 from ..harness import Cluster, EnvSampler, cluster_processes, keeper_trees, wait_until
@@ -28,6 +27,7 @@ from .test_airflow import (
     assert_no_task_ran_twice,
     heartbeating,
     keeper_children,
+    rows,
     successes,
 )
 
@@ -100,26 +100,12 @@ def leader_then_standby(c: Cluster, db: AirflowDb) -> int:
 
 
 def app_names(dsn: str) -> set[str]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT application_name FROM pg_stat_activity")
-            return {r[0] for r in cur.fetchall()}
-    finally:
-        conn.close()
+    return {r[0] for r in rows(dsn, "SELECT application_name FROM pg_stat_activity")}
 
 
 def task_states(dsn: str) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT dag_id, state, hostname, count(*) FROM task_instance "
-                "GROUP BY dag_id, state, hostname"
-            )
-            return cur.fetchall()
-    finally:
-        conn.close()
+    sql = "SELECT dag_id, state, hostname, count(*) FROM task_instance GROUP BY 1, 2, 3"
+    return rows(dsn, sql)
 
 
 def test_promoted_warm_scheduler_schedules(warm_pair: Cluster, airflow_db: AirflowDb) -> None:
