@@ -67,11 +67,14 @@ class JobTable:
         on_warning: Callable[[str], None],
         password: Callable[[], str] | None = None,
         release_orphans: Callable[[int], None] | None = None,
+        lease_seconds: float = 30.0,
     ) -> None:
+        # The lease sets tcp_user_timeout (lease / 2): a read on a silent network must give
+        # up well before the keeper's self-fence deadline, which the next renew extends.
         self.session = Session(
             dsn,
             f"failover:{cluster}:{node}:health",
-            SessionTimings(30.0, timeout),
+            SessionTimings(lease_seconds, timeout),
             False,
             on_warning,
             password,

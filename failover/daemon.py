@@ -113,6 +113,7 @@ def _health_source(settings: Settings) -> airflowdb.JobTable | None:
         lambda text: log.get().warning("health_warning", warning=text),
         password_for(settings, settings.metadata_dsn),
         _log_released if settings.airflow.release_orphans else None,
+        settings.lease_seconds,
     )
 
 

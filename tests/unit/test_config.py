@@ -276,3 +276,14 @@ def test_prewarm_settings(tmp_path: Path) -> None:
         load(tmp_path, "[airflow]\nprewarm_max_age_hours = -1\n")
     s = load(tmp_path, "command = ['celery', 'worker']\n[airflow]\nprewarm = true\n")
     assert any("prewarm only pre-warms `airflow scheduler`" in w for w in s.warnings)
+
+
+def test_health_session_gives_up_within_the_lease(tmp_path: Path) -> None:
+    """The health read's tcp_user_timeout is half the lease, so a silent network cannot hold
+    a tick past the keeper's self-fence deadline (the session connects lazily: no server)."""
+    from failover.daemon import _health_source
+
+    s = load(tmp_path, env={"FAILOVER_METADATA_DSN": "postgresql://u@db.example/af"})
+    table = _health_source(s.replace(lease_seconds=6.0))
+    assert table is not None and table.session.timings.lease == 6.0
+    assert table.release_orphans is not None
