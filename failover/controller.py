@@ -100,7 +100,7 @@ class Controller:
         self.last_heartbeat: float | None = None
         self.store_failed = False  # the member store failed earlier in this tick
         self.last_sentence = ""
-        self.last_written: tuple[Role, ChildState] | None = None
+        self.last_written: tuple[Role, ChildState, bool] | None = None
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickResult:
@@ -485,14 +485,16 @@ class Controller:
 
     def _heartbeat(self, now: float, sentence: str) -> None:
         due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop
-        shown = (self.role, self.child.state)
+        # A standby whose pre-warmed scheduler waits ([airflow] prewarm) shows "warm".
+        warm = self.child.state is ChildState.STOPPED and self.child.prewarm.state == "warm"
+        shown = (self.role, self.child.state, warm)
         if (not due and shown == self.last_written) or self.store_failed:
             return  # (a store that failed this tick is tried again next tick, not twice now)
         state = MemberState(
             node=self.node,
             role=self.role.value,
             epoch=self.epoch,
-            child_state=self.child.state.value,
+            child_state="warm" if warm else self.child.state.value,
             child_pid=self.child.pid,
             version=__version__,
             sentence=sentence,

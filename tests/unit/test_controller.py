@@ -240,3 +240,17 @@ def test_store_outage_during_a_switchover_check_does_not_crash_the_loop() -> Non
     assert (
         result.role is Role.LEADER and result.sentence == "no action: I am the leader with epoch 1"
     )
+
+
+def test_a_standby_with_a_ready_prewarmed_scheduler_shows_warm() -> None:
+    lease = SharedLease(holder="other", epoch=7)
+    rig = make_rig(lease=lease)
+    rig.controller.tick()
+    assert rig.store.rows["n1"].child_state == "stopped"
+    rig.launcher.last.inbox.extend(["READY", "WARMING 9", 'WARM {"seconds": 2.0}'])
+    rig.controller.tick()  # a changed state is written at once, not at the next heartbeat
+    assert rig.store.rows["n1"].child_state == "warm"
+    lease.holder = None
+    rig.clock.advance(1.0)
+    assert rig.controller.tick().role is Role.LEADER
+    assert rig.store.rows["n1"].child_state == "starting"
