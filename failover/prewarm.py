@@ -62,6 +62,9 @@ MODULES = (
     "airflow.listeners.spec.lifecycle",
     "airflow.listeners.spec.dagrun",
     "airflow.listeners.spec.taskinstance",
+    # Three migration scripts import it, and the migration check before every command loads
+    # them all (unless [database] check_migrations = False): a cold start imports it too.
+    "airflow.www.app",
     "alembic.command",
     "alembic.script",
     "alembic.runtime.environment",
