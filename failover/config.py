@@ -212,6 +212,9 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
+PG_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: longer application_names are cut
+
+
 def validate(settings: Settings) -> Settings:
     """Refuse unsafe or meaningless settings; return them unchanged when sound."""
     s = settings
@@ -225,6 +228,16 @@ def validate(settings: Settings) -> Settings:
             )
     if s.backend not in BACKENDS:
         raise ConfigError("backend", f"unknown backend {s.backend!r}", f"use one of {BACKENDS}")
+    longest = f"failover:{s.cluster}:{s.node}:{10**9 - 1}:keeper"  # an epoch of 9 digits
+    room = PG_NAME_BYTES - len(longest.encode()) + len(s.cluster) + len(s.node)
+    if (s.backend == "postgres" or s.metadata_dsn) and len(longest.encode()) > PG_NAME_BYTES:
+        # PostgreSQL cuts application_name to 63 bytes: fencing would not see the session.
+        raise ConfigError(
+            "node",
+            f"cluster and node are too long for PostgreSQL session names ({longest!r} is "
+            f"{len(longest.encode())} bytes, the limit {PG_NAME_BYTES})",
+            f'keep len(cluster) + len(node) <= {room}; on EC2 node = "imds" (the instance id)',
+        )
     if not s.command or not s.command[0]:
         raise ConfigError("command", "is empty", 'give the child, e.g. ["airflow", "scheduler"]')
     if not PREFIX_RE.match(s.table_prefix):

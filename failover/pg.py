@@ -129,9 +129,19 @@ class Session:
             tcp_user_timeout=int(t.lease * 1000 / 2),
         )
         conn.autocommit = True
+        idle_session = self.idle_session
+        if idle_session and conn.server_version < 140000:  # idle_session_timeout came in 14
+            idle_session = False
+            if "idle_session_timeout" not in self.warned:
+                self.warned.add("idle_session_timeout")
+                self.on_warning(
+                    f"PostgreSQL {conn.server_version // 10000} has no idle_session_timeout: "
+                    "a frozen leader's lock is freed by the vanished-holder check (its "
+                    "heartbeat older than a lease) instead; PostgreSQL 14+ is recommended"
+                )
         try:
             with conn.cursor() as cur:
-                for name, value in t.server_settings(self.idle_session).items():
+                for name, value in t.server_settings(idle_session).items():
                     cur.execute(sql.SQL("SET {} = %s").format(sql.Identifier(name)), (value,))
                     self._check_setting(cur, name, value)
         except psycopg2.Error:

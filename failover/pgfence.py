@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,22 +46,34 @@ def older_sessions(query: Query, cluster: str, epoch: int) -> tuple[list[int], l
     return keepers, children
 
 
-def terminate(query: Query, pids: Sequence[int]) -> int:
-    """`pg_terminate_backend` each pid (waiting up to 1 s); how many ended. A missing
-    privilege is a BackendUnavailable that names the grant."""
-    done = 0
-    for pid in pids:
-        try:
-            rows = query("SELECT pg_terminate_backend(%s, %s)", (pid, 1000))
-        except BackendUnavailable as err:
-            if isinstance(err.__cause__, psycopg2.errors.InsufficientPrivilege):
-                raise BackendUnavailable(
-                    f"cannot terminate backend {pid}: {one_line(err.__cause__)}; grant "
-                    "pg_signal_backend to the failover role (RDS: rds_superuser)"
-                ) from err
-            raise
-        done += 1 if rows and rows[0][0] else 0
-    return done
+TERMINATE_SQL = "SELECT p FROM unnest(%s::int[]) AS p WHERE pg_terminate_backend(p)"
+STILL_THERE_SQL = "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s::int[])"
+TERMINATE_WAIT = 1.0  # seconds for the signalled backends to leave pg_stat_activity
+
+
+def terminate(query: Query, pids: Sequence[int], wait: float = TERMINATE_WAIT) -> int:
+    """`pg_terminate_backend` all of `pids` in one statement (PostgreSQL 12+), then wait up to
+    `wait` seconds for them to end; how many ended. A missing privilege is a
+    BackendUnavailable that names the grant."""
+    if not pids:
+        return 0
+    try:
+        signalled = {int(r[0]) for r in query(TERMINATE_SQL, (list(pids),))}
+    except BackendUnavailable as err:
+        if isinstance(err.__cause__, psycopg2.errors.InsufficientPrivilege):
+            raise BackendUnavailable(
+                f"cannot terminate backends {list(pids)}: {one_line(err.__cause__)}; grant "
+                "pg_signal_backend to the failover role (RDS: rds_superuser)"
+            ) from err
+        raise
+    left = set(signalled)
+    end = time.monotonic() + wait
+    for _ in range(int(wait / 0.02) + 1):
+        if not left or time.monotonic() >= end:
+            break
+        time.sleep(0.02)
+        left = {int(r[0]) for r in query(STILL_THERE_SQL, (sorted(left),))}
+    return len(signalled - left)
 
 
 class OlderEpochSweep:

@@ -317,6 +317,14 @@ def _warm_standby(pid: int) -> bool:
     return comm in (WARMING_NAME, WARM_NAME) or starting
 
 
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
 def _comm(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
@@ -345,7 +353,10 @@ def keepers(cluster: str) -> Iterator[tuple[int, str, set[int]]]:
         label = argv[argv.index(b"--name") + 1]
         if label.startswith(marker):
             pid = int(name)
-            yield pid, label.decode().rsplit(":", 1)[1], proctree.tree_members(pid, [pid])
+            members = proctree.tree_members(pid, [pid])
+            # A fork of the keeper that has not exec'd yet runs keeper code, not a child.
+            members = {p for p in members if _cmdline(p) != argv}
+            yield pid, label.decode().rsplit(":", 1)[1], members
 
 
 def warm_processes(cluster: str) -> dict[int, str]:

@@ -287,3 +287,12 @@ def test_health_session_gives_up_within_the_lease(tmp_path: Path) -> None:
     table = _health_source(s.replace(lease_seconds=6.0))
     assert table is not None and table.session.timings.lease == 6.0
     assert table.release_orphans is not None
+
+
+def test_names_that_postgresql_would_cut_are_refused(tmp_path: Path) -> None:
+    pg = {"FAILOVER_METADATA_DSN": "postgresql://u@db.example/af"}
+    node = "ip-10-0-12-34.eu-west-1.compute.internal"  # 40 characters
+    with pytest.raises(ConfigError, match=r"node.*too long for PostgreSQL.*len\(cluster\) \+"):
+        load(tmp_path, env={**pg, "FAILOVER_NODE": node})
+    assert load(tmp_path, env={"FAILOVER_NODE": node}).node == node  # local: no PG names
+    assert load(tmp_path, env={**pg, "FAILOVER_NODE": "i-0123456789abcdef0"}).metadata_dsn
