@@ -369,7 +369,7 @@ class Controller:
         try:
             self.backend.release()
         except BackendUnavailable as err:
-            note = f" (release not confirmed: {err}; the lease expires by itself)"
+            note = f" (release not confirmed: {err}; retried on the next standby ticks)"
         else:
             note = ""
             with contextlib.suppress(BackendUnavailable):
@@ -385,11 +385,22 @@ class Controller:
     # -- standby side -----------------------------------------------------------------------
     def _stand(self, now: float) -> tuple[str, str | None]:
         self._read_flags()
+        if self.shutting_down and self.child.gone:
+            return "standby: nothing to stop", None
+        waiting = self._not_campaigning(now)
+        if waiting is None:
+            return self._campaign(now)
+        # A release that failed (a backend blip) may have left our place in the queue; only
+        # `try_acquire` would clean it up, and we do not campaign: finish leaving it now.
+        with contextlib.suppress(BackendUnavailable):
+            self.backend.tidy()
+        return waiting
+
+    def _not_campaigning(self, now: float) -> tuple[str, str | None] | None:
+        """Why this standby tick does not campaign, or None when it should."""
         if not self.child.gone:
             self.child.stop(hard=True)
             return "standby with a child still alive: killing it", None
-        if self.shutting_down:
-            return "standby: nothing to stop", None
         if self.child.state is ChildState.FAILED and now >= self.cooldown_until:
             self.child.reset_failures()
         self._keep_warm(now)
@@ -406,10 +417,7 @@ class Controller:
                 f"standby: switchover to {self.flags.switchover_to} pending, not campaigning",
                 None,
             )
-        held = self._hold_back_for_db()
-        if held:
-            return held
-        return self._campaign(now)
+        return self._hold_back_for_db()
 
     def _yield_to_switchover_target(self) -> bool:
         target = self.flags.switchover_to

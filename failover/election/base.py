@@ -92,6 +92,10 @@ class ElectionBackend(abc.ABC):
     def leader(self) -> LeaderInfo:
         """The current leader, if any."""
 
+    def tidy(self) -> None:
+        """Finish what an earlier `release()` could not confirm (called on every standby tick
+        that does not campaign); raises `BackendUnavailable` to be tried again next tick."""
+
     def effective_lease(self) -> float | None:
         """Seconds after a proven renew that leadership can survive, if the backend knows it
         better than `lease_seconds` (ZooKeeper: the negotiated session timeout)."""

@@ -143,6 +143,7 @@ class ZooKeeperElection(ElectionBackend):
                 adopt = contender
             else:
                 self._delete(contender.name)
+                self.given_up.discard(contender.name)
         self.contender = adopt or self._create()
         self.contender_session = sid
 
@@ -381,7 +382,7 @@ class ZooKeeperElection(ElectionBackend):
     def release(self) -> None:
         contender, version = self.contender, self.crumb_version
         leading = self.leading_session is not None
-        self._drop(give_up=True)  # if the delete fails, a later registration deletes it
+        self._drop(give_up=True)  # if the delete fails, `tidy()` or `_register` retries it
         if contender is None:
             return
         own = self.conn.path(contender.name)
@@ -395,8 +396,18 @@ class ZooKeeperElection(ElectionBackend):
                 return t.commit_async()
 
             if txn_ok(self.conn.call("release", txn)):
+                self.given_up.discard(contender.name)
                 return
         self._delete(contender.name)
+        self.given_up.discard(contender.name)
+
+    def tidy(self) -> None:
+        """Delete the contenders we gave up whose deletion failed (a blip within the session
+        timeout): in our live session such a node would stay the lowest and block every
+        election while we hold back or cool down, never calling `try_acquire`."""
+        for name in sorted(self.given_up):
+            self._delete(name)  # gone already (NoNode: its session ended) is fine too
+            self.given_up.discard(name)
 
     def leader(self) -> LeaderInfo:
         line = self._contenders()

@@ -365,6 +365,34 @@ def test_suspended_is_not_leadership_and_a_surviving_session_keeps_it(
         proxy.close()
 
 
+def test_a_release_failed_in_a_blip_is_finished_by_tidy_without_campaigning(
+    zk_open: Opener, zk_server: Any
+) -> None:
+    proxy = ZkProxy(zk_server.hosts)
+    chroot = f"/t-{uuid.uuid4().hex}"
+    try:
+        a, _ = zk_open("a", proxy.hosts(chroot))
+        b, _ = zk_open("b", zk_server.hosts + chroot)
+        lead(a)
+        sid = a.conn.session_id()
+        proxy.cut()
+        wait_until(lambda: a.client.state == KazooState.SUSPENDED, 5, "SUSPENDED")
+        with pytest.raises(BackendUnavailable):
+            a.release()
+        assert a.contender is None and len(a.given_up) == 1
+        proxy.heal()
+        wait_until(lambda: a.client.state == KazooState.CONNECTED, 5, "reconnected")
+        assert a.conn.session_id() == sid  # the same session: its node is still the lowest
+        assert not b.try_acquire() and b.leader().node == "a"
+        a.tidy()  # what a standby tick that does not campaign does
+        assert not a.given_up
+        wait_until(b.try_acquire, 2, "b to become the lowest contender")
+        assert [n[:4] for n in contenders(zk_server.hosts + chroot)] == ["c_b_"]
+        a.tidy()  # nothing left to do: no call
+    finally:
+        proxy.close()
+
+
 def test_close_without_release_does_not_hand_over(zk_open: Opener) -> None:
     a, _ = zk_open("a")
     b, _ = zk_open("b")

@@ -48,6 +48,7 @@ class FakeBackend(ElectionBackend):
         self.log = log
         self.down = False
         self.fence_calls: list[bool] = []
+        self.given_up = False  # released, but not confirmed: still holding (ZooKeeper's queue)
 
     def _check(self) -> None:
         if self.down:
@@ -55,6 +56,7 @@ class FakeBackend(ElectionBackend):
 
     def try_acquire(self) -> bool:
         self._check()
+        self.tidy()  # registering again deletes what we gave up (ZooKeeper's `_register`)
         if self.lease.holder in (None, self.node):
             self.lease.holder = self.node
             return True
@@ -80,7 +82,17 @@ class FakeBackend(ElectionBackend):
         return FenceReport(pending=0, detail="none")
 
     def release(self) -> None:
+        self.given_up = True  # like ZooKeeper: forgotten first, then deleted if it can be
         self._check()
+        self._leave()
+
+    def tidy(self) -> None:
+        if self.given_up:
+            self._check()
+            self._leave()
+
+    def _leave(self) -> None:
+        self.given_up = False
         self.log.append(f"release {self.node}")
         if self.lease.holder == self.node:
             self.lease.holder = None

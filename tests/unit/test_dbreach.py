@@ -205,6 +205,35 @@ def test_leader_cut_from_the_db_resigns_once_and_the_standby_keeps_leadership() 
     assert said["a"] == "no action: following leader b (epoch 2)"
 
 
+def test_a_release_lost_in_a_backend_blip_is_finished_while_cooling_down_and_holding_back() -> None:
+    """The resigning leader's release fails (a ZooKeeper blip within the session timeout): its
+    queue node stays the lowest. It never campaigns again while cut off from the DB, so only
+    its non-campaigning ticks can delete that node; otherwise nobody would ever lead."""
+    nodes = three()
+    a = nodes.rigs["a"]
+    nodes.store("a").down = True
+    for _ in range(21):
+        nodes.step()
+    assert a.controller.role is Role.DEMOTING
+    a.launcher.last.inbox.extend(["EXITED 0", "GONE stop requested"])
+    a.backend.down = True
+    nodes.clock.advance(1.0)
+    result = a.controller.tick()
+    assert result.role is Role.STANDBY and "release not confirmed" in result.sentence
+    assert nodes.lease.holder == "a"  # still the lowest in the queue
+    said = nodes.step()
+    assert "cooling down" in said["a"] and nodes.leaders() == []
+    a.backend.down = False  # the blip ends; a keeps cooling down, then holds back
+    for _ in range(3):
+        said = nodes.step()
+    assert "cooling down" in said["a"]
+    assert nodes.leaders() == ["b"] and nodes.lease.epoch == 2
+    for _ in range(30):
+        said = nodes.step()
+    assert said["a"].endswith("while b, c reach it: not campaigning")
+    assert nodes.leaders() == ["b"]
+
+
 def test_db_down_for_everybody_keeps_the_leader_and_healing_moves_nothing() -> None:
     nodes = three()
     for node in "abc":
