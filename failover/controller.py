@@ -35,6 +35,7 @@ class Timings:
     loop: float
     self_fence: float  # child may run this long after the start of a proven renew
     stop_timeout: float
+    backend_timeout: float  # a metadata-DB call slower than this failed, for the whole tick
 
     @property
     def demote_lead(self) -> float:
@@ -174,6 +175,7 @@ class Controller:
         return self._lead_steady(now)
 
     def _renew(self, now: float) -> bool | None:
+        started = self.clock()  # (the tick's start may be older: the deadline counts from here)
         try:
             held = self.backend.renew()
         except BackendUnavailable as err:
@@ -182,10 +184,15 @@ class Controller:
             return None
         self.backend_up = True
         if held:
-            self.last_renew = now
-            self.self_fence_deadline = now + self._self_fence()
+            self._proven(started)
             self.child.extend(self.self_fence_deadline)
         return held
+
+    def _proven(self, started: float) -> None:
+        """A renew or acquire that began at `started` (our clock, read just before the call)
+        proved leadership: the proof itself is later, so counting from here is safe."""
+        self.last_renew = started
+        self.self_fence_deadline = started + self._self_fence()
 
     def _self_fence(self) -> float:
         """How long the child may run after a proven renew; shorter if the backend says so."""
@@ -211,9 +218,12 @@ class Controller:
     def _fence(self, now: float) -> tuple[str, str | None]:
         force = self.fence_deadline is not None and now >= self.fence_deadline
         try:
-            report = self.backend.fence(self.epoch, force)
-            if report.pending == 0 and not self.backend.renew():
-                raise BackendUnavailable("leadership not confirmed after fencing")
+            report = self.backend.fence(self.epoch, force, sweep=not self.store_failed)
+            if report.pending == 0:
+                started = self.clock()
+                if not self.backend.renew():
+                    raise BackendUnavailable("leadership not confirmed after fencing")
+                self._proven(started)
         except BackendUnavailable as err:
             self._demote("fencing failed")
             return (
@@ -253,11 +263,17 @@ class Controller:
 
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
         self.job_baseline = None
-        if self.health is not None:
+        if self.health is not None and self.store_failed:
+            # A later baseline could be above the new scheduler's own row: this child runs on
+            # process liveness only rather than wait on the DB again between two renews.
+            self.verdict = Verdict(Health.UNKNOWN, "no health check: metadata DB failed at start")
+        elif self.health is not None:
+            started = self.clock()
             try:
                 self.job_baseline = self.health.baseline()
             except BackendUnavailable as err:
                 self.verdict = Verdict(Health.UNKNOWN, f"no health check: {err}")
+            self._slow(started)
         try:
             self.child.start(
                 now, self.epoch, self.self_fence_deadline, self._keeper_env(), self._keeper_args()
@@ -303,11 +319,14 @@ class Controller:
         if self.store_failed:  # the DB just failed us: do not wait on it twice in one tick
             self.verdict = Verdict(Health.UNKNOWN, "metadata DB unreachable")
             return Health.UNKNOWN
+        started = self.clock()
         try:
             row = self.health.newest(self.job_baseline)
         except BackendUnavailable as err:
             self.verdict = Verdict(Health.UNKNOWN, f"cannot read the job table: {err}")
             return Health.UNKNOWN
+        finally:
+            self._slow(started)
         running_for = now - (self.child.started_at or now)
         self.verdict = judge(row, running_for, self.health_policy)
         return self.verdict.health
@@ -316,6 +335,8 @@ class Controller:
         target = self.flags.switchover_to
         if target is None or self.flags.switchover_from not in (None, self.node):
             return None
+        if self.store_failed:
+            return None  # the DB failed us in this tick: the request is handled next tick
         try:
             if target == self.node:
                 self.store.clear_switchover()
@@ -372,8 +393,7 @@ class Controller:
             note = f" (release not confirmed: {err}; retried on the next standby ticks)"
         else:
             note = ""
-            with contextlib.suppress(BackendUnavailable):
-                self.store.end_term(self.epoch, reason)  # history is best effort
+            self._store_call(lambda: self.store.end_term(self.epoch, reason))  # best effort
         self.role = Role.STANDBY
         self.leader = None
         if reason in ("switchover", "child crash loop", "metadata DB unreachable"):
@@ -447,6 +467,7 @@ class Controller:
         return reach.hold_back_sentence(peers), None
 
     def _campaign(self, now: float) -> tuple[str, str | None]:
+        started = self.clock()  # after this tick's DB read, which may have been slow
         try:
             won = self.backend.try_acquire()
             if not won:
@@ -461,16 +482,12 @@ class Controller:
         self.backend_up = True
         self.role = Role.FENCING
         self.leader = self.node
-        self.last_renew = now
-        self.self_fence_deadline = now + self._self_fence()
+        self._proven(started)
         self.fence_deadline = None
         if self.flags.switchover_to is not None:
-            with contextlib.suppress(BackendUnavailable):
-                self.store.clear_switchover()
-        try:
-            self.store.begin_term(self.epoch, self.node, "elected")
-        except BackendUnavailable:
-            pass  # history is best effort; leadership is not
+            self._store_call(self.store.clear_switchover)
+        # History is best effort; leadership is not (and a DB that failed us is not waited on).
+        self._store_call(lambda: self.store.begin_term(self.epoch, self.node, "elected"))
         sentence, transition = self._fence(now)
         return f"acquired leadership, epoch {self.epoch}; {sentence}", transition or "elected"
 
@@ -486,10 +503,35 @@ class Controller:
             return
         self._db_call(started, None)
 
+    def _store_call(self, call: Callable[[], None]) -> None:
+        """A best-effort member-store call, skipped when the store failed us in this tick."""
+        if self.store_failed:
+            return
+        started = self.clock()
+        try:
+            call()
+        except BackendUnavailable as err:
+            self._db_call(started, err)
+            return
+        self._db_call(started, None)
+
     def _db_call(self, started: float, error: BackendUnavailable | None) -> None:
-        """A member-store call's outcome: in ZooKeeper mode the store is the metadata DB."""
+        """A member-store call's outcome: in ZooKeeper mode the store is the metadata DB. A
+        failed call, or one slower than the backend timeout, fails the rest of the tick: the
+        DB is not waited on again before the next renew (a few slow calls in a row would
+        outlast the self-fence deadline)."""
+        ended = self.clock()
+        if error is not None:
+            self.store_failed = True
+        self._slow(started, ended)
         if self.db_reach is not None:
-            self.db_reach.record(started, self.clock(), None if error is None else str(error))
+            self.db_reach.record(started, ended, None if error is None else str(error))
+
+    def _slow(self, started: float, ended: float | None = None) -> None:
+        """A metadata-DB call that took longer than the backend timeout counts as failed."""
+        ended = self.clock() if ended is None else ended
+        if ended - started > self.t.backend_timeout:
+            self.store_failed = True
 
     def _heartbeat(self, now: float, sentence: str) -> None:
         due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop

@@ -41,6 +41,7 @@ def timings(settings: Settings) -> Timings:
         loop=settings.loop_seconds,
         self_fence=settings.self_fence_seconds,
         stop_timeout=settings.stop_timeout_seconds,
+        backend_timeout=settings.backend_timeout_seconds,
     )
 
 

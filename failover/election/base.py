@@ -81,8 +81,9 @@ class ElectionBackend(abc.ABC):
         """As the new leader, take the next epoch and return it."""
 
     @abc.abstractmethod
-    def fence(self, epoch: int, force: bool) -> FenceReport:
-        """Make older epochs harmless; with `force`, terminate what still holds on."""
+    def fence(self, epoch: int, force: bool, sweep: bool = True) -> FenceReport:
+        """Make older epochs harmless; with `force`, terminate what still holds on. `sweep`
+        False: skip the optional metadata-DB sweep (ZooKeeper mode), the DB just failed us."""
 
     @abc.abstractmethod
     def release(self) -> None:

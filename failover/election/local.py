@@ -196,7 +196,7 @@ class LocalElection(ElectionBackend):
         assert isinstance(epoch, int)
         return epoch
 
-    def fence(self, epoch: int, force: bool) -> FenceReport:
+    def fence(self, epoch: int, force: bool, sweep: bool = True) -> FenceReport:
         lock = self.store.keeper_lock
         if not _lock_is_held(lock):
             return FenceReport(pending=0, detail="no older keeper holds the cluster lock")

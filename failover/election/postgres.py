@@ -194,7 +194,7 @@ class PostgresElection(ElectionBackend):
         self.server_changed = bool(rows[0][2])
         return int(rows[0][0])
 
-    def fence(self, epoch: int, force: bool) -> FenceReport:
+    def fence(self, epoch: int, force: bool, sweep: bool = True) -> FenceReport:
         keepers, children = older_sessions(self._q, self.cluster, epoch)
         uptime = float(
             self._q("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0]

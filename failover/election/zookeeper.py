@@ -342,13 +342,15 @@ class ZooKeeperElection(ElectionBackend):
             raise BackendUnavailable(f"ZooKeeper node {self.conn.path(name)} keeps vanishing")
         return got
 
-    def fence(self, epoch: int, force: bool) -> FenceReport:
+    def fence(self, epoch: int, force: bool, sweep: bool = True) -> FenceReport:
         """Wait until the previous leader's keeper deadline has surely passed unless it released
         (its child proven gone); then, with a metadata DB, end older epochs' sessions there."""
         report = self._fence_zk()
         if report.pending or self.sweep is None:
             return report
         try:
+            if not sweep:  # the DB failed or was slow in this tick: not waited on again
+                raise BackendUnavailable("the metadata DB failed or was slow in this tick")
             ended = self.sweep(epoch)
         except BackendUnavailable as err:
             # The old tree is dead by its keeper deadline: start, but say what was not done.

@@ -48,6 +48,7 @@ class FakeBackend(ElectionBackend):
         self.log = log
         self.down = False
         self.fence_calls: list[bool] = []
+        self.sweeps: list[bool] = []
         self.given_up = False  # released, but not confirmed: still holding (ZooKeeper's queue)
 
     def _check(self) -> None:
@@ -71,9 +72,10 @@ class FakeBackend(ElectionBackend):
         self.lease.epoch += 1
         return self.lease.epoch
 
-    def fence(self, epoch: int, force: bool) -> FenceReport:
+    def fence(self, epoch: int, force: bool, sweep: bool = True) -> FenceReport:
         self._check()
         self.fence_calls.append(force)
+        self.sweeps.append(sweep)
         if self.lease.keeper_alive and force:
             self.lease.keeper_alive = False
             return FenceReport(pending=0, terminated=1, detail="killed")
@@ -199,7 +201,7 @@ POLICY = ChildPolicy(
     backoff_initial=1.0,
     backoff_max=8.0,
 )
-TIMINGS = Timings(lease=10.0, loop=1.0, self_fence=9.0, stop_timeout=5.0)
+TIMINGS = Timings(lease=10.0, loop=1.0, self_fence=9.0, stop_timeout=5.0, backend_timeout=2.0)
 
 
 @dataclass

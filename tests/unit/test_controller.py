@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from failover.child import ChildState
 from failover.controller import Role
+from failover.election.base import ClusterFlags, MemberState
+from failover.health import Health, JobRow
 
-from .fakes import FakeStore, Rig, SharedLease, make_rig
+from .fakes import FakeClock, FakeJobs, FakeStore, Rig, SharedLease, make_rig
 
 
 def started(rig: Rig) -> None:
@@ -211,7 +213,7 @@ def test_failed_fencing_cools_down_instead_of_burning_epochs() -> None:
 
     rig = make_rig()
 
-    def refuse(epoch: int, force: bool) -> object:
+    def refuse(epoch: int, force: bool, sweep: bool = True) -> object:
         raise BackendUnavailable("cannot terminate backend 7: grant pg_signal_backend")
 
     rig.backend.fence = refuse  # type: ignore[method-assign,assignment]
@@ -254,3 +256,106 @@ def test_a_standby_with_a_ready_prewarmed_scheduler_shows_warm() -> None:
     rig.clock.advance(1.0)
     assert rig.controller.tick().role is Role.LEADER
     assert rig.store.rows["n1"].child_state == "starting"
+
+
+# --------------------------------------------------------------------------- a slow metadata DB
+
+
+class DragStore(FakeStore):
+    """A metadata DB that answers every call, `delay` seconds of the fake clock late."""
+
+    def __init__(self, clock: FakeClock, delay: float = 0.0) -> None:
+        super().__init__()
+        self.clock = clock
+        self.delay = delay
+        self.calls: list[str] = []
+
+    def _drag(self, name: str) -> None:
+        self.calls.append(name)
+        self.clock.advance(self.delay)
+
+    def flags(self) -> ClusterFlags:
+        self._drag("flags")
+        return super().flags()
+
+    def heartbeat(self, state: MemberState) -> None:
+        self._drag("heartbeat")
+        super().heartbeat(state)
+
+    def begin_term(self, epoch: int, node: str, reason: str) -> None:
+        self._drag("begin_term")
+        super().begin_term(epoch, node, reason)
+
+
+class DragJobs(FakeJobs):
+    """The job table on the same slow DB."""
+
+    def __init__(self, clock: FakeClock, delay: float = 0.0) -> None:
+        super().__init__()
+        self.clock = clock
+        self.delay = delay
+        self.baselines = 0
+
+    def baseline(self) -> int:
+        self.baselines += 1
+        self.clock.advance(self.delay)
+        return super().baseline()
+
+    def newest(self, after_id: int) -> object:
+        self.clock.advance(self.delay)
+        return super().newest(after_id)
+
+
+def slow_rig(delay: float, lease: SharedLease | None = None) -> tuple[Rig, DragStore, DragJobs]:
+    rig = make_rig(lease=lease)
+    store, jobs = DragStore(rig.clock, delay), DragJobs(rig.clock, delay)
+    rig.controller.store, rig.controller.health = store, jobs
+    return rig, store, jobs
+
+
+def test_a_slow_db_read_in_the_campaign_tick_is_the_last_db_call_and_not_counted() -> None:
+    # backend timeout 2 s; the DB answers after 3.5 s (below tcp_user_timeout: no error).
+    rig, store, jobs = slow_rig(3.5)
+    result = rig.controller.tick()
+    assert result.role is Role.LEADER and result.epoch == 1
+    assert store.calls == ["flags"]  # no history row, no heartbeat
+    assert jobs.baselines == 0 and rig.controller.job_baseline is None
+    assert rig.controller.verdict.detail == "no health check: metadata DB failed at start"
+    assert rig.backend.sweeps == [False]  # no older-epoch sweep on that DB either
+    # The self-fence deadline counts from the acquire (after the slow read), not the tick start.
+    assert rig.launcher.last.sent[0] == "GO 1 1012.500000"
+    store.delay = jobs.delay = 0.0
+    rig.clock.advance(1.0)
+    rig.controller.tick()
+    assert store.calls[-2:] == ["flags", "heartbeat"]  # the next tick writes again
+
+
+def test_the_re_verify_renew_after_a_slow_db_read_sets_the_deadline() -> None:
+    rig, store, _ = slow_rig(0.0, SharedLease(keeper_alive=True))
+    assert rig.controller.tick().role is Role.FENCING  # an older keeper: wait up to 5 s
+    store.delay = 3.5
+    rig.clock.now = 1005.0
+    result = rig.controller.tick()  # renew at 1005, slow read until 1008.5, force, re-verify
+    assert result.role is Role.LEADER
+    assert rig.backend.sweeps == [True, False]
+    assert rig.launcher.last.sent[0] == "GO 1 1017.500000"
+
+
+def test_a_slow_db_in_the_leaders_tick_never_stacks_past_the_self_fence_deadline() -> None:
+    rig, store, jobs = slow_rig(0.0)
+    started(rig)
+    jobs.row = JobRow(job_id=42, hostname="h", heartbeat_age=1.0)  # the child's own row
+    assert rig.controller._check_health(rig.clock()) is Health.HEALTHY
+    store.delay = jobs.delay = 3.5
+    asked = len(jobs.asked_after)
+    for _ in range(5):
+        deadline = float(rig.launcher.last.sent[-1].split()[1])
+        rig.clock.advance(1.0)
+        renew_at = rig.clock()
+        calls = len(store.calls)
+        result = rig.controller.tick()
+        assert renew_at < deadline, "the keeper would have killed a healthy child"
+        assert rig.launcher.last.sent[-1] == f"RUN-UNTIL {renew_at + 9:.6f}"
+        assert store.calls[calls:] == ["flags"]  # no job-table read, no heartbeat after it
+        assert result.role is Role.LEADER and rig.child.state is ChildState.RUNNING
+    assert len(jobs.asked_after) == asked
