@@ -6,6 +6,7 @@ of older epochs to close (proof that their trees are dead) and terminates stragg
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -236,9 +237,18 @@ class PostgresElection(ElectionBackend):
 
     def release(self) -> None:
         if self._holding:
-            self._q("SELECT pg_advisory_unlock(%s)", (self.key,))
+            try:
+                self._q("SELECT pg_advisory_unlock(%s)", (self.key,))
+            except BackendUnavailable:
+                # A session lock lives as long as its session: end it (the child is proven
+                # gone), or it would keep leadership for a member that stands by.
+                self.lock.close()
+                raise
+            finally:
+                self.held_generation = None
             if self.notify:
-                self._q("SELECT pg_notify(%s, %s)", (self.channel, f"released {self.node}"))
+                with contextlib.suppress(BackendUnavailable):  # released: standbys also poll
+                    self._q("SELECT pg_notify(%s, %s)", (self.channel, f"released {self.node}"))
         self.held_generation = None
 
     def leader(self) -> LeaderInfo:

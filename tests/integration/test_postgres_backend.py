@@ -285,3 +285,18 @@ def test_renew_answered_later_than_the_backend_timeout_is_no_proof(
     assert not b.try_acquire()
     a.release()
     assert b.try_acquire()
+
+
+def test_a_failed_unlock_ends_the_lock_session(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    a, b = make(elections, pg_dsn, "a"), make(elections, pg_dsn, "b")
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    a.lock.query("BEGIN")  # a session in a failed transaction refuses every statement
+    with pytest.raises(BackendUnavailable):
+        a.lock.query("SELECT 1 / 0")
+    with pytest.raises(BackendUnavailable, match="refused"):
+        a.release()
+    assert not a.lock.connected  # the session that held the lock is gone, and the lock with it
+    wait_until(b.try_acquire, 5, "b to take the lock")
+    assert not a.renew() and not a.try_acquire()
