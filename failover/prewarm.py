@@ -204,8 +204,9 @@ WARM_NAME = b"failover-warm"
 
 
 def _title(text: str, comm: bytes) -> None:
-    """The process title (`ps`) and its short name (/proc/<pid>/comm), in that order: the
-    title library also sets the short name."""
+    """The short name (/proc/<pid>/comm) and the process title (`ps`); the title library
+    also sets the short name, so it is set again right after."""
+    _name(comm)
     with contextlib.suppress(Exception):  # cosmetic
         import setproctitle  # an Airflow dependency
 

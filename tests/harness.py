@@ -304,8 +304,8 @@ WARMING_NAME, WARM_NAME = b"failover-warmup", b"failover-warm"
 
 def _warm_standby(pid: int) -> bool:
     """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session): named
-    `failover-warmup`/`failover-warm`, or not yet named (the interpreter still starting
-    failover/prewarm.py)."""
+    `failover-warmup`/`failover-warm`, titled `... [warm standby]`, or not yet named (the
+    interpreter still starting failover/prewarm.py)."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             comm = f.read().strip()
@@ -314,7 +314,8 @@ def _warm_standby(pid: int) -> bool:
     except OSError:
         return False
     starting = comm.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
-    return comm in (WARMING_NAME, WARM_NAME) or starting
+    titled = b"[warm standby]" in b" ".join(argv)  # its `ps` title until GO
+    return comm in (WARMING_NAME, WARM_NAME) or starting or titled
 
 
 def _cmdline(pid: int) -> list[bytes]:
@@ -354,8 +355,9 @@ def keepers(cluster: str) -> Iterator[tuple[int, str, set[int]]]:
         if label.startswith(marker):
             pid = int(name)
             members = proctree.tree_members(pid, [pid])
-            # A fork of the keeper that has not exec'd yet runs keeper code, not a child.
-            members = {p for p in members if _cmdline(p) != argv}
+            # A fork of the keeper that has not exec'd yet (its command line is the keeper's,
+            # or empty while execve replaces it) runs keeper code, not a child.
+            members = {p for p in members if _cmdline(p) not in (argv, [b""], [])}
             yield pid, label.decode().rsplit(":", 1)[1], members
 
 
@@ -372,10 +374,26 @@ def keeper_trees(cluster: str) -> dict[int, tuple[str, set[int]]]:
     that has a child. A standby's pre-warmed scheduler waiting for GO is not a child yet."""
     trees: dict[int, tuple[str, set[int]]] = {}
     for pid, node, members in keepers(cluster):
-        children = {p for p in members if not _warm_standby(p)}
+        warm = {p for p in members if _warm_standby(p)}
+        # ... nor what it runs while warming up (e.g. `file`, run by platform.architecture()).
+        children = {p for p in members - warm if not _descends_from(p, warm, pid)}
         if children:
             trees[pid] = (node, children)
     return trees
+
+
+def _descends_from(pid: int, ancestors: set[int], stop: int) -> bool:
+    for _ in range(64):  # bounded: a tree is never that deep
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid in ancestors:
+            return True
+        if pid in (stop, 0, 1):
+            return False
+    return False
 
 
 def cluster_processes(cluster: str) -> dict[int, dict[str, str]]:
