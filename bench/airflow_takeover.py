@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2
 
-from tests.e2e.conftest import AirflowDb, airflow_binary
+from tests.e2e.conftest import DAEMON_SETTINGS, AirflowDb, migrated_db
 from tests.harness import Cluster, keeper_trees, wait_until, warm_processes
 from tests.servers import PostgresServer
 
@@ -119,31 +119,16 @@ def main() -> int:
 
 
 def bench(server: PostgresServer, scenario: str, runs: int, prewarm: bool) -> list[float]:
-    import subprocess
 
     with tempfile.TemporaryDirectory(prefix="bench-af-") as tmp:
-        dsn = server.create_database(f"af_{uuid.uuid4().hex[:8]}")
-        db = AirflowDb(airflow_binary(), dsn, Path(tmp) / "home", Path(tmp) / "records.log")
-        db.home.mkdir()
-        subprocess.run(
-            [db.binary, "db", "migrate"],
-            env={**os.environ, **db.env()},
-            capture_output=True,
-            check=True,
-            timeout=300,
-        )
+        db = migrated_db(server, Path(tmp))
         c = Cluster(
             Path(tmp) / "daemons",
             nodes=("m1", "m2"),
             cluster=f"b{uuid.uuid4().hex[:6]}",
             settings={
+                **DAEMON_SETTINGS,
                 "backend": "postgres",
-                "lease_seconds": "5",
-                "loop_seconds": "0.5",
-                "backend_timeout_seconds": "1",
-                "self_fence_margin_seconds": "1",
-                "stop_timeout_seconds": "20",
-                "airflow.startup_grace_seconds": "40",
                 "max_fast_failures": "10",
                 "airflow.prewarm": "true" if prewarm else "false",
             },

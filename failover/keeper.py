@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from failover import proctree
-from failover.prewarm import EXIT_FAILED, EXIT_UNSUPPORTED, identity
+from failover.prewarm import EXIT_FAILED, EXIT_UNSUPPORTED, identity, parse_with_command
 from failover.proof import LockFileProof, PgSessionProof, Proof, boottime
 
 PR_SET_PDEATHSIG = 1
@@ -531,12 +531,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    args = p.parse_args(argv)
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
-    if not args.command:
-        p.error("give the command after --")
-    return args
+    return parse_with_command(p, argv)
 
 
 def _proof(args: argparse.Namespace) -> Proof | None:

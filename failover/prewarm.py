@@ -221,17 +221,22 @@ def _name(comm: bytes) -> None:
         ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm[:15]), 0, 0, 0)  # PR_SET_NAME
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="A pre-warmed `airflow scheduler` waiting for GO.")
-    p.add_argument("--control-fd", type=int, required=True, help="read end: GO <json> or EOF")
-    p.add_argument("--status-fd", type=int, required=True, help="write end: READY/COLD lines")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- airflow scheduler ARGS...")
+def parse_with_command(p: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse options and a REMAINDER `command` given after `--` (shared with the keeper)."""
     args = p.parse_args(argv)
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
     if not args.command:
         p.error("give the command after --")
     return args
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="A pre-warmed `airflow scheduler` waiting for GO.")
+    p.add_argument("--control-fd", type=int, required=True, help="read end: GO <json> or EOF")
+    p.add_argument("--status-fd", type=int, required=True, help="write end: READY/COLD lines")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- airflow scheduler ARGS...")
+    return parse_with_command(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -306,16 +306,19 @@ def _warm_standby(pid: int) -> bool:
     """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session): named
     `failover-warmup`/`failover-warm`, titled `... [warm standby]`, or not yet named (the
     interpreter still starting failover/prewarm.py)."""
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            comm = f.read().strip()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
+    comm, argv = _comm(pid), _cmdline(pid)
     starting = comm.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
     titled = b"[warm standby]" in b" ".join(argv)  # its `ps` title until GO
     return comm in (WARMING_NAME, WARM_NAME) or starting or titled
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
 
 
 def _cmdline(pid: int) -> list[bytes]:

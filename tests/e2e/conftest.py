@@ -69,6 +69,19 @@ class AirflowDb:
         return env
 
 
+# Daemon settings of the e2e clusters (and bench/airflow_takeover.py): lease 5 s, quick
+# loops, a start-up grace long enough for Airflow on a busy 2-core machine.
+DAEMON_SETTINGS = {
+    "lease_seconds": "5",
+    "loop_seconds": "0.5",
+    "backend_timeout_seconds": "1",
+    "self_fence_margin_seconds": "1",
+    "stop_timeout_seconds": "20",
+    "airflow.startup_grace_seconds": "40",
+    "max_fast_failures": "3",
+}
+
+
 def migrated_db(server: Any, root: Path) -> AirflowDb:
     """A new database on `server`, migrated by `airflow db migrate`, with its own AIRFLOW_HOME."""
     binary = airflow_binary()

@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 
 from ..harness import Cluster, EnvSampler, Periodic, cluster_processes, keeper_trees, wait_until
-from .conftest import AirflowDb
+from .conftest import DAEMON_SETTINGS, AirflowDb
 
 pytestmark = pytest.mark.e2e
 
@@ -66,16 +66,7 @@ def candidates(airflow_db: AirflowDb, tmp_path: Path) -> Iterator[Cluster]:
         tmp_path / "daemons",
         nodes=("m1", "m2"),
         cluster=cluster,
-        settings={
-            "backend": "postgres",
-            "lease_seconds": "5",
-            "loop_seconds": "0.5",
-            "backend_timeout_seconds": "1",
-            "self_fence_margin_seconds": "1",
-            "stop_timeout_seconds": "20",
-            "airflow.startup_grace_seconds": "40",
-            "max_fast_failures": "3",
-        },
+        settings={**DAEMON_SETTINGS, "backend": "postgres"},
         command=(airflow_db.binary, "scheduler", "--skip-serve-logs"),
         env=airflow_db.env(),
     )

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from ..harness import Cluster, EnvSampler, cluster_processes, keeper_trees, wait_until
-from .conftest import AirflowDb, migrated_db
+from ..harness import Cluster, EnvSampler, alive, cluster_processes, keeper_trees, wait_until
+from .conftest import DAEMON_SETTINGS, AirflowDb, migrated_db
 from .test_airflow import (
     JobSampler,
     assert_no_task_ran_twice,
@@ -33,16 +33,7 @@ from .test_airflow import (
 
 pytestmark = pytest.mark.e2e
 
-SETTINGS = {
-    "lease_seconds": "5",
-    "loop_seconds": "0.5",
-    "backend_timeout_seconds": "1",
-    "self_fence_margin_seconds": "1",
-    "stop_timeout_seconds": "20",
-    "airflow.startup_grace_seconds": "40",
-    "airflow.prewarm": "true",
-    "max_fast_failures": "3",
-}
+SETTINGS = {**DAEMON_SETTINGS, "airflow.prewarm": "true"}
 
 
 def cluster_for(db: AirflowDb, root: Path, backend: str) -> Cluster:
@@ -163,14 +154,6 @@ def test_postgres_restart_while_warm_is_harmless(pg_factory: Any, tmp_path: Path
     finally:
         c.stop_all(timeout=40)
         wait_until(lambda: not cluster_processes(c.cluster), 20, "no Airflow process left")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def test_reloaded_configuration_rewarms(airflow_db: AirflowDb, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from failover.keeper import boottime
 from failover.launcher import KeeperLauncher, SocketKeeperLink
 
 from ..e2e.conftest import airflow_binary
-from ..harness import wait_until
+from ..harness import alive, wait_until
 from ..servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -68,14 +68,6 @@ def warm_keeper(
         command, env, 10.0, ("--name", "failover:t:w", "--prewarm", *extra)
     )
     return link, Lines(link)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def cmdline(pid: int) -> bytes:
