@@ -6,9 +6,12 @@ One `Session` = one direct connection that reconnects with backoff; errors becom
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,12 @@ class SessionTimings:
 
     lease: float
     statement_timeout: float
+
+    @property
+    def call_limit(self) -> float:
+        """No call on an open connection waits longer than this (half a lease): the tick
+        that made it still renews before the self-fence deadline."""
+        return self.lease / 2
 
     @property
     def keepalive_idle(self) -> int:
@@ -55,6 +64,64 @@ class SessionTimings:
             # A frozen or vanished holder is cut off by the server after one lease.
             settings["idle_session_timeout"] = f"{int(self.lease * 1000)}"
         return settings
+
+
+class Cut:
+    """One watched call: `fired` once the watchdog shut its socket down."""
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd = fd
+        self.deadline = deadline
+        self.fired = False
+
+
+class Watchdog:
+    """Shuts down the socket of a call that outlives its limit, which wakes libpq at once.
+
+    tcp_user_timeout alone does not bound a call: Linux counts it from the first
+    retransmission, which comes one RTO after the send, and not at all while a sent
+    request waits for an answer with nothing unacknowledged (keepalives then decide).
+    Measured here: a query cut off by a silent network hung 5.3 s with a 2 s user
+    timeout. One thread serves every session; psycopg2 drops the GIL while it waits."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.cuts: set[Cut] = set()
+        self.thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def limit(self, fd: int, seconds: float) -> Iterator[Cut]:
+        cut = Cut(fd, time.monotonic() + seconds)
+        with self.cond:
+            if self.thread is None or not self.thread.is_alive():  # (none after a fork)
+                self.thread = threading.Thread(target=self._run, name="pg-watchdog", daemon=True)
+                self.thread.start()
+            self.cuts.add(cut)
+            self.cond.notify()
+        try:
+            yield cut
+        finally:
+            with self.cond:  # after this the fd is ours to close: the watchdog is done with it
+                self.cuts.discard(cut)
+
+    def _run(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for cut in [c for c in self.cuts if c.deadline <= now]:
+                    self.cuts.discard(cut)
+                    cut.fired = True
+                    with contextlib.suppress(OSError):
+                        sock = socket.socket(fileno=cut.fd)
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        finally:
+                            sock.detach()
+                wait = min((c.deadline for c in self.cuts), default=now + 60.0) - now
+                self.cond.wait(max(wait, 0.001))
+
+
+WATCHDOG = Watchdog()
 
 
 def one_line(err: BaseException, dsn: str = "") -> str:
@@ -126,7 +193,7 @@ class Session:
             keepalives_idle=t.keepalive_idle,
             keepalives_interval=t.keepalive_interval,
             keepalives_count=t.keepalive_count,
-            tcp_user_timeout=int(t.lease * 1000 / 2),
+            tcp_user_timeout=int(t.call_limit * 1000),
         )
         conn.autocommit = True
         idle_session = self.idle_session
@@ -140,14 +207,25 @@ class Session:
                     "heartbeat older than a lease) instead; PostgreSQL 14+ is recommended"
                 )
         try:
-            with conn.cursor() as cur:
+            with WATCHDOG.limit(conn.fileno(), t.call_limit) as cut, conn.cursor() as cur:
                 for name, value in t.server_settings(idle_session).items():
                     cur.execute(sql.SQL("SET {} = %s").format(sql.Identifier(name)), (value,))
                     self._check_setting(cur, name, value)
-        except psycopg2.Error:
+        except psycopg2.Error as err:
             conn.close()
+            if cut.fired:
+                raise psycopg2.OperationalError(self._no_answer()) from err
             raise
+        if cut.fired:  # answered just as it was cut: the connection is unusable
+            conn.close()
+            raise psycopg2.OperationalError(self._no_answer())
         return conn
+
+    def _no_answer(self) -> str:
+        return (
+            f"no answer within {self.timings.call_limit:g} s (half of lease_seconds): "
+            "connection closed"
+        )
 
     def _check_setting(self, cur: Any, name: str, wanted: str) -> None:
         cur.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,))
@@ -164,10 +242,17 @@ class Session:
         """Run one statement; rows if it returns any. Connection trouble -> BackendUnavailable."""
         conn = self.connection()
         try:
-            with conn.cursor() as cur:
+            with (
+                WATCHDOG.limit(conn.fileno(), self.timings.call_limit) as cut,
+                conn.cursor() as cur,
+            ):
                 cur.execute(statement, params)
-                return list(cur.fetchall()) if cur.description is not None else []
+                rows = list(cur.fetchall()) if cur.description is not None else []
         except psycopg2.Error as err:
+            if cut.fired:
+                self.close()
+                self.last_error = self._no_answer()
+                raise BackendUnavailable(f"PostgreSQL gave {self.last_error}") from err
             if isinstance(err, psycopg2.errors.QueryCanceled) and not conn.closed:
                 raise BackendUnavailable(
                     f"PostgreSQL statement timed out: {one_line(err, self.dsn)}"
@@ -177,6 +262,9 @@ class Session:
             self.close()
             self.last_error = one_line(err, self.dsn)
             raise BackendUnavailable(f"PostgreSQL connection lost: {self.last_error}") from err
+        if cut.fired:  # answered just as it was cut: the connection is unusable
+            self.close()
+        return rows
 
     def fileno(self) -> int | None:
         return self.conn.fileno() if self.connected else None
