@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS {cluster} (
     switchover_at timestamptz);
 ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS renewed_at timestamptz;
 ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS server_started timestamptz;
+ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS lease_seconds float8;
 CREATE TABLE IF NOT EXISTS {member} (
     cluster text NOT NULL,
     node text NOT NULL,

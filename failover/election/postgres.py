@@ -72,6 +72,7 @@ class PostgresElection(ElectionBackend):
         self.previous_silent_for: float | None = None
         self.bumped_at = 0.0  # self.clock() once the epoch was taken
         self.server_changed = False
+        self.fence_lease = lease_seconds  # the longer of ours and the previous leader's
 
     # -- helpers ----------------------------------------------------------------------------
     def _q(self, statement: Any, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
@@ -176,14 +177,15 @@ class PostgresElection(ElectionBackend):
     def bump_epoch(self) -> int:
         rows = self._q(
             sql.SQL(
-                "INSERT INTO {t} (cluster, epoch, leader) VALUES (%s, 1, %s) "
+                "INSERT INTO {t} (cluster, epoch, leader, lease_seconds) VALUES (%s, 1, %s, %s) "
                 "ON CONFLICT (cluster) DO UPDATE "
-                "SET epoch = {t}.epoch + 1, leader = EXCLUDED.leader "
+                "SET epoch = {t}.epoch + 1, leader = EXCLUDED.leader, "
+                "lease_seconds = GREATEST({t}.lease_seconds, EXCLUDED.lease_seconds) "
                 "RETURNING epoch, EXTRACT(EPOCH FROM now() - renewed_at)::float8, "
                 "server_started IS NOT NULL "
-                "AND server_started <> pg_postmaster_start_time()"
+                "AND server_started <> pg_postmaster_start_time(), lease_seconds"
             ).format(t=self._table()),
-            (self.cluster, self.node),
+            (self.cluster, self.node, self.lease),
         )
         if not self._we_hold():
             raise BackendUnavailable("lost the lock while taking the epoch")
@@ -193,6 +195,10 @@ class PostgresElection(ElectionBackend):
         # Another server than the one the previous leader renewed on: a promoted replica (its
         # start time is old) whose replicated renewed_at may lag. Trust neither: wait a lease.
         self.server_changed = bool(rows[0][2])
+        # An older child may run for its own leader's lease, which a rolling restart may have
+        # set longer than ours: every fence wait uses the longest lease not yet fenced. The
+        # row keeps that maximum until our fence is done, for a successor if we die first.
+        self.fence_lease = float(rows[0][3])
         return int(rows[0][0])
 
     def fence(self, epoch: int, force: bool, sweep: bool = True) -> FenceReport:
@@ -200,16 +206,17 @@ class PostgresElection(ElectionBackend):
         uptime = float(
             self._q("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0]
         )
-        fresh = uptime < self.lease
+        lease = self.fence_lease
+        fresh = uptime < lease
         silent = self._previous_silent_now()
         if self.server_changed and not force:
             return FenceReport(
                 pending=len(keepers) or 1,
-                wait_seconds=self.lease,
+                wait_seconds=lease,
                 detail="the database server changed since the last renew (failover or promoted "
                 "replica): waiting one lease",
             )
-        if silent is not None and silent > self.lease:
+        if silent is not None and silent > lease:
             # Its last proven renew is older than a lease: the old keeper's own deadline
             # (last renew + lease - margin) has passed, so its tree is dead or dying now.
             force = True
@@ -219,9 +226,14 @@ class PostgresElection(ElectionBackend):
                 if keepers
                 else (f"server started {uptime:.1f} s ago: absence of keepers proves nothing yet")
             )
-            wait = self.lease if keepers else self.lease - uptime
+            wait = lease if keepers else lease - uptime
             return FenceReport(pending=len(keepers) or 1, wait_seconds=wait, detail=why)
         terminated = self._terminate(keepers + children)
+        self._q(  # every older tree is gone: from now on only our lease counts
+            sql.SQL("UPDATE {t} SET lease_seconds = %s WHERE cluster = %s").format(t=self._table()),
+            (self.lease, self.cluster),
+        )
+        self.fence_lease = self.lease
         detail = f"terminated {terminated} older session(s)" if terminated else "no older sessions"
         return FenceReport(pending=0, terminated=terminated, detail=detail)
 

@@ -228,6 +228,46 @@ def test_keeper_of_a_leader_cut_off_just_under_a_lease_ago_is_fenced_when_its_le
     assert _is_dead(keeper)
 
 
+def idle(e: PostgresElection, seconds: float) -> None:
+    """Let time pass without a renew, keeping the lock session from idle_session_timeout."""
+    for _ in range(int(seconds / 0.5)):
+        time.sleep(0.5)
+        assert e._we_hold()
+    time.sleep(seconds % 0.5)
+
+
+def test_a_predecessor_with_a_longer_lease_is_waited_for_by_its_lease(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    # A rolling restart lowers lease_seconds from 6 s to 2 s: b (2 s) takes over from a
+    # (6 s). a's keeper may run until a's last renew + 6 s, so b waits by 6 s, not by 2 s.
+    a = make(elections, pg_dsn, "a", lease=6.0)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    keeper = open_session(pg_dsn, "failover:c:a:1:keeper")
+    a.release()
+    b = make(elections, pg_dsn, "b", lease=2.0)
+    assert b.try_acquire() and b.bump_epoch() == 2
+    first = b.fence(2, force=False)
+    assert first.pending == 1 and first.wait_seconds == 6.0, first
+    idle(b, 2.5)  # past b's own lease, inside a's
+    c = make(elections, pg_dsn, "c", lease=2.0)
+    assert c.leader().epoch == 2
+    report = b.fence(2, force=False)
+    assert report.pending == 1 and not _is_dead(keeper), report
+    # b dies before its fence is done: its successor still waits by a's lease.
+    b.close()
+    assert c.try_acquire() and c.bump_epoch() == 3
+    assert c.fence(3, force=False).wait_seconds == 6.0
+    idle(c, 6.0 - 2.5 + 0.2)  # a's lease is over now
+    report = c.fence(3, force=False)
+    assert report.pending == 0 and report.terminated == 1, report
+    assert _is_dead(keeper)
+    # Once fenced, only c's own lease counts for the next one.
+    c.release()
+    d = make(elections, pg_dsn, "d", lease=2.0)
+    assert d.try_acquire() and d.bump_epoch() == 4 and d.fence_lease == 2.0
+
+
 def test_promoted_replica_makes_the_next_leader_wait(
     pg_dsn: str, elections: list[PostgresElection]
 ) -> None:
