@@ -118,10 +118,19 @@ class PostgresElection(ElectionBackend):
         for pid, name, state, idle_for in self._q(HOLDER_SQL, (self.classid, self.objid)):
             if state != "idle":
                 continue
-            silent = idle_for is not None and idle_for > self.lease
-            if silent or self._heartbeat_age(str(name).rpartition(":")[2]) > self.lease:
+            lease = self._holders_lease()  # (a rolling restart may have given it a longer one)
+            silent = idle_for is not None and idle_for > lease
+            if silent or self._heartbeat_age(str(name).rpartition(":")[2]) > lease:
                 return self._terminate([pid]) > 0
         return False
+
+    def _holders_lease(self) -> float:
+        rows = self._q(
+            sql.SQL("SELECT lease_seconds FROM {t} WHERE cluster = %s").format(t=self._table()),
+            (self.cluster,),
+        )
+        recorded = float(rows[0][0]) if rows and rows[0][0] is not None else 0.0
+        return max(self.lease, recorded)
 
     def _heartbeat_age(self, node: str) -> float:
         rows = self._q(

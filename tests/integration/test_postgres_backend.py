@@ -83,6 +83,21 @@ def test_vanished_holder_is_fenced_after_a_lease(
         a.renew()
 
 
+def test_vanished_holder_with_a_longer_lease_is_fenced_after_its_lease(
+    pg_dsn: str, elections: list[PostgresElection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = SessionTimings.server_settings
+    monkeypatch.setattr(
+        SessionTimings, "server_settings", lambda self, idle: original(self, idle_session=False)
+    )
+    a, b = make(elections, pg_dsn, "a", lease=4.0), make(elections, pg_dsn, "b", lease=2.0)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    time.sleep(2.5)  # silent past b's lease, inside its own
+    assert not b.try_acquire()
+    time.sleep(2.0)
+    assert b.try_acquire()
+
+
 def test_fence_waits_for_older_keeper_then_terminates(
     pg_dsn: str, elections: list[PostgresElection]
 ) -> None:
