@@ -5,6 +5,7 @@ Standard library only: the keeper imports it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -95,3 +96,19 @@ def kill_tree(
             reap()
         left = tree_members(root, sid_set)
     return left
+
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def child_preexec() -> None:
+    # The child dies with the keeper even if the keeper is SIGKILLed.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
