@@ -16,6 +16,7 @@ from failover.dbreach import DbReach
 from failover.election.base import ClusterFlags, ElectionBackend, MemberState, MemberStore
 from failover.errors import BackendUnavailable, ChildError
 from failover.health import Health, HealthPolicy, JobSource, Verdict, judge
+from failover.records import Records
 
 FAST_TICK = 0.02
 SETTLE_TICK = 0.1
@@ -75,15 +76,14 @@ class Controller:
         self.cluster = cluster
         self.node = node
         self.backend = backend
-        self.store = store
         self.child = child
-        self.clock = clock
+        # The store, the clock and the DB reach live in Records; the properties below forward.
+        self.records = Records(store, clock, lambda: self.t.backend_timeout, db_reach)
         self.t = timings
         self.base_env = dict(base_env)
         self.health = health
         self.health_policy = health_policy or HealthPolicy(threshold=30.0, startup_grace=60.0)
         self.verdict = Verdict(Health.UNKNOWN, "no health check")
-        self.db_reach = db_reach  # ZooKeeper mode with a metadata DB: who can reach it
         self.job_baseline: int | None = None
         self.role = Role.STANDBY
         self.epoch = 0
@@ -95,13 +95,9 @@ class Controller:
         self.cooldown_until = 0.0
         self.demote_reason = ""
         self.shutting_down = False
-        self.flags = ClusterFlags()
         self.backend_up = True
         self.backend_error = ""
-        self.last_heartbeat: float | None = None
-        self.store_failed = False  # the member store failed earlier in this tick
         self.last_sentence = ""
-        self.last_written: tuple[Role, ChildState, bool] | None = None
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickResult:
@@ -156,7 +152,7 @@ class Controller:
     def _lead(self, now: float) -> tuple[str, str | None]:
         held = self._renew(now)
         # Only now the metadata DB: a hang there cannot come between two renews twice.
-        self._read_flags()
+        self.records.read_flags()
         if self.role is Role.DEMOTING:
             return self._finish_demote(now)
         if held is False:
@@ -218,7 +214,7 @@ class Controller:
     def _fence(self, now: float) -> tuple[str, str | None]:
         force = self.fence_deadline is not None and now >= self.fence_deadline
         try:
-            report = self.backend.fence(self.epoch, force, sweep=not self.store_failed)
+            report = self.backend.fence(self.epoch, force, sweep=not self.records.failed)
             if report.pending == 0:
                 started = self.clock()
                 if not self.backend.renew():
@@ -263,7 +259,7 @@ class Controller:
 
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
         self.job_baseline = None
-        if self.health is not None and self.store_failed:
+        if self.health is not None and self.records.failed:
             # A later baseline could be above the new scheduler's own row: this child runs on
             # process liveness only rather than wait on the DB again between two renews.
             self.verdict = Verdict(Health.UNKNOWN, "no health check: metadata DB failed at start")
@@ -273,7 +269,7 @@ class Controller:
                 self.job_baseline = self.health.baseline()
             except BackendUnavailable as err:
                 self.verdict = Verdict(Health.UNKNOWN, f"no health check: {err}")
-            self._slow(started)
+            self.records.slow(started)
         try:
             self.child.start(
                 now, self.epoch, self.self_fence_deadline, self._keeper_env(), self._keeper_args()
@@ -316,7 +312,7 @@ class Controller:
         if self.health is None or self.job_baseline is None:
             self.verdict = Verdict(Health.UNKNOWN, "process liveness only")
             return Health.UNKNOWN
-        if self.store_failed:  # the DB just failed us: do not wait on it twice in one tick
+        if self.records.failed:  # the DB just failed us: do not wait on it twice in one tick
             self.verdict = Verdict(Health.UNKNOWN, "metadata DB unreachable")
             return Health.UNKNOWN
         started = self.clock()
@@ -326,7 +322,7 @@ class Controller:
             self.verdict = Verdict(Health.UNKNOWN, f"cannot read the job table: {err}")
             return Health.UNKNOWN
         finally:
-            self._slow(started)
+            self.records.slow(started)
         running_for = now - (self.child.started_at or now)
         self.verdict = judge(row, running_for, self.health_policy)
         return self.verdict.health
@@ -335,7 +331,7 @@ class Controller:
         target = self.flags.switchover_to
         if target is None or self.flags.switchover_from not in (None, self.node):
             return None
-        if self.store_failed:
+        if self.records.failed:
             return None  # the DB failed us in this tick: the request is handled next tick
         try:
             if target == self.node:
@@ -393,7 +389,7 @@ class Controller:
             note = f" (release not confirmed: {err}; retried on the next standby ticks)"
         else:
             note = ""
-            self._store_call(lambda: self.store.end_term(self.epoch, reason))  # best effort
+            self.records.call(lambda: self.store.end_term(self.epoch, reason))  # best effort
         self.role = Role.STANDBY
         self.leader = None
         if reason in ("switchover", "child crash loop", "metadata DB unreachable"):
@@ -404,7 +400,7 @@ class Controller:
 
     # -- standby side -----------------------------------------------------------------------
     def _stand(self, now: float) -> tuple[str, str | None]:
-        self._read_flags()
+        self.records.read_flags()
         if self.shutting_down and self.child.gone:
             return "standby: nothing to stop", None
         waiting = self._not_campaigning(now)
@@ -485,61 +481,45 @@ class Controller:
         self._proven(started)
         self.fence_deadline = None
         if self.flags.switchover_to is not None:
-            self._store_call(self.store.clear_switchover)
+            self.records.call(self.store.clear_switchover)
         # History is best effort; leadership is not (and a DB that failed us is not waited on).
-        self._store_call(lambda: self.store.begin_term(self.epoch, self.node, "elected"))
+        self.records.call(lambda: self.store.begin_term(self.epoch, self.node, "elected"))
         sentence, transition = self._fence(now)
         return f"acquired leadership, epoch {self.epoch}; {sentence}", transition or "elected"
 
     # -- records ----------------------------------------------------------------------------
-    def _read_flags(self) -> None:
-        started = self.clock()
-        self.store_failed = False
-        try:
-            self.flags = self.store.flags()
-        except BackendUnavailable as err:
-            self.store_failed = True
-            self._db_call(started, err)  # keep the last known flags
-            return
-        self._db_call(started, None)
+    @property
+    def flags(self) -> ClusterFlags:
+        return self.records.flags
 
-    def _store_call(self, call: Callable[[], None]) -> None:
-        """A best-effort member-store call, skipped when the store failed us in this tick."""
-        if self.store_failed:
-            return
-        started = self.clock()
-        try:
-            call()
-        except BackendUnavailable as err:
-            self._db_call(started, err)
-            return
-        self._db_call(started, None)
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.records.clock
 
-    def _db_call(self, started: float, error: BackendUnavailable | None) -> None:
-        """A member-store call's outcome: in ZooKeeper mode the store is the metadata DB. A
-        failed call, or one slower than the backend timeout, fails the rest of the tick: the
-        DB is not waited on again before the next renew (a few slow calls in a row would
-        outlast the self-fence deadline)."""
-        ended = self.clock()
-        if error is not None:
-            self.store_failed = True
-        self._slow(started, ended)
-        if self.db_reach is not None:
-            self.db_reach.record(started, ended, None if error is None else str(error))
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.records.clock = clock
 
-    def _slow(self, started: float, ended: float | None = None) -> None:
-        """A metadata-DB call that took longer than the backend timeout counts as failed."""
-        ended = self.clock() if ended is None else ended
-        if ended - started > self.t.backend_timeout:
-            self.store_failed = True
+    @property
+    def store(self) -> MemberStore:
+        return self.records.store
+
+    @store.setter
+    def store(self, store: MemberStore) -> None:
+        self.records.store = store
+
+    @property
+    def db_reach(self) -> DbReach | None:
+        """ZooKeeper mode with a metadata DB: who can reach it (None otherwise)."""
+        return self.records.db_reach
+
+    @db_reach.setter
+    def db_reach(self, reach: DbReach | None) -> None:
+        self.records.db_reach = reach
 
     def _heartbeat(self, now: float, sentence: str) -> None:
-        due = self.last_heartbeat is None or now - self.last_heartbeat >= self.t.loop
         # A standby whose pre-warmed scheduler waits ([airflow] prewarm) shows "warm".
         warm = self.child.state is ChildState.STOPPED and self.child.prewarm.state == "warm"
-        shown = (self.role, self.child.state, warm)
-        if (not due and shown == self.last_written) or self.store_failed:
-            return  # (a store that failed this tick is tried again next tick, not twice now)
         state = MemberState(
             node=self.node,
             role=self.role.value,
@@ -549,12 +529,4 @@ class Controller:
             version=__version__,
             sentence=sentence,
         )
-        started = self.clock()
-        try:
-            self.store.heartbeat(state)
-        except BackendUnavailable as err:
-            self._db_call(started, err)
-            return
-        self._db_call(started, None)
-        self.last_heartbeat = now
-        self.last_written = shown
+        self.records.heartbeat(now, self.t.loop, (self.role, self.child.state, warm), state)

@@ -1,0 +1,86 @@
+"""The member store as the tick uses it: operator flags, heartbeats, best-effort records.
+
+In ZooKeeper mode the store is the metadata DB: a call that failed or was slower than
+the backend timeout fails the rest of the tick, so the DB is never waited on twice
+between two renews.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+from failover.dbreach import DbReach
+from failover.election.base import ClusterFlags, MemberState, MemberStore
+from failover.errors import BackendUnavailable
+
+
+class Records:
+    """One tick's view of the member store; `failed` is reset by `read_flags()`."""
+
+    def __init__(
+        self,
+        store: MemberStore,
+        clock: Callable[[], float],
+        timeout: Callable[[], float],
+        db_reach: DbReach | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.timeout = timeout  # the backend timeout now (a reload may change it)
+        self.db_reach = db_reach
+        self.flags = ClusterFlags()
+        self.failed = False  # the store failed us earlier in this tick
+        self.last_heartbeat: float | None = None
+        self.last_written: Hashable | None = None
+
+    def read_flags(self) -> None:
+        """The first store call of a tick: keeps the last known flags if it fails."""
+        started = self.clock()
+        self.failed = False
+        try:
+            self.flags = self.store.flags()
+        except BackendUnavailable as err:
+            self._done(started, err)
+            return
+        self._done(started, None)
+
+    def call(self, call: Callable[[], None]) -> None:
+        """A best-effort store call, skipped when the store failed us in this tick."""
+        if self.failed:
+            return
+        started = self.clock()
+        try:
+            call()
+        except BackendUnavailable as err:
+            self._done(started, err)
+            return
+        self._done(started, None)
+
+    def slow(self, started: float, ended: float | None = None) -> None:
+        """A metadata-DB call that took longer than the backend timeout counts as failed."""
+        ended = self.clock() if ended is None else ended
+        if ended - started > self.timeout():
+            self.failed = True
+
+    def heartbeat(self, now: float, every: float, shown: Hashable, state: MemberState) -> None:
+        """Write our member row when `every` seconds passed or what it shows changed."""
+        due = self.last_heartbeat is None or now - self.last_heartbeat >= every
+        if (not due and shown == self.last_written) or self.failed:
+            return  # (a store that failed this tick is tried again next tick, not twice now)
+        started = self.clock()
+        try:
+            self.store.heartbeat(state)
+        except BackendUnavailable as err:
+            self._done(started, err)
+            return
+        self._done(started, None)
+        self.last_heartbeat = now
+        self.last_written = shown
+
+    def _done(self, started: float, error: BackendUnavailable | None) -> None:
+        ended = self.clock()
+        if error is not None:
+            self.failed = True
+        self.slow(started, ended)
+        if self.db_reach is not None:
+            self.db_reach.record(started, ended, None if error is None else str(error))
