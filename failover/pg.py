@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import socket
 import threading
 import time
@@ -38,6 +39,13 @@ class SessionTimings:
         """No call on an open connection waits longer than this (half a lease): the tick
         that made it still renews before the self-fence deadline."""
         return self.lease / 2
+
+    @property
+    def connect_timeout(self) -> int:
+        """libpq's connect_timeout (whole seconds, per address: `localhost` may have two);
+        with the settings that follow, a new connection also stays within `call_limit`.
+        Name resolution is not bounded: use an address or a name the resolver answers fast."""
+        return max(1, min(math.ceil(self.statement_timeout), math.floor(self.call_limit / 2)))
 
     @property
     def keepalive_idle(self) -> int:
@@ -91,7 +99,9 @@ class Watchdog:
 
     @contextlib.contextmanager
     def limit(self, fd: int, seconds: float) -> Iterator[Cut]:
-        cut = Cut(fd, time.monotonic() + seconds)
+        # A duplicate of the socket: libpq may close its own fd inside the call, and that
+        # number could then be another thread's socket (HTTP, kazoo) before we are done.
+        cut = Cut(os.dup(fd), time.monotonic() + seconds)
         with self.cond:
             if self.thread is None or not self.thread.is_alive():  # (none after a fork)
                 self.thread = threading.Thread(target=self._run, name="pg-watchdog", daemon=True)
@@ -101,8 +111,9 @@ class Watchdog:
         try:
             yield cut
         finally:
-            with self.cond:  # after this the fd is ours to close: the watchdog is done with it
+            with self.cond:  # after this the watchdog is done with the duplicate
                 self.cuts.discard(cut)
+            os.close(cut.fd)
 
     def _run(self) -> None:
         with self.cond:
@@ -184,11 +195,12 @@ class Session:
 
     def _connect(self) -> Any:
         t = self.timings
+        started = time.monotonic()
         conn = psycopg2.connect(
             self.dsn,
             password=self.password() if self.password is not None else None,  # None: the DSN's
             application_name=self.application_name,
-            connect_timeout=max(1, math.ceil(t.statement_timeout)),
+            connect_timeout=t.connect_timeout,
             keepalives=1,
             keepalives_idle=t.keepalive_idle,
             keepalives_interval=t.keepalive_interval,
@@ -207,7 +219,8 @@ class Session:
                     "heartbeat older than a lease) instead; PostgreSQL 14+ is recommended"
                 )
         try:
-            with WATCHDOG.limit(conn.fileno(), t.call_limit) as cut, conn.cursor() as cur:
+            left = max(0.1, t.call_limit - (time.monotonic() - started))  # one limit for all
+            with WATCHDOG.limit(conn.fileno(), left) as cut, conn.cursor() as cur:
                 for name, value in t.server_settings(idle_session).items():
                     cur.execute(sql.SQL("SET {} = %s").format(sql.Identifier(name)), (value,))
                     self._check_setting(cur, name, value)
@@ -262,8 +275,10 @@ class Session:
             self.close()
             self.last_error = one_line(err, self.dsn)
             raise BackendUnavailable(f"PostgreSQL connection lost: {self.last_error}") from err
-        if cut.fired:  # answered just as it was cut: the connection is unusable
+        if cut.fired:  # answered just as it was cut: no session holds what it did any more
             self.close()
+            self.last_error = self._no_answer()
+            raise BackendUnavailable(f"PostgreSQL gave {self.last_error}")
         return rows
 
     def fileno(self) -> int | None:

@@ -184,6 +184,8 @@ class PostgresElection(ElectionBackend):
         return bool(rows[0][0])
 
     def bump_epoch(self) -> int:
+        if not (self._holding and self.lock.connected):  # a new session would hold nothing
+            raise BackendUnavailable("lost the lock session before taking the epoch")
         rows = self._q(
             sql.SQL(
                 "INSERT INTO {t} (cluster, epoch, leader, lease_seconds) VALUES (%s, 1, %s, %s) "
@@ -238,11 +240,14 @@ class PostgresElection(ElectionBackend):
             wait = lease if keepers else lease - uptime
             return FenceReport(pending=len(keepers) or 1, wait_seconds=wait, detail=why)
         terminated = self._terminate(keepers + children)
-        self._q(  # every older tree is gone: from now on only our lease counts
-            sql.SQL("UPDATE {t} SET lease_seconds = %s WHERE cluster = %s").format(t=self._table()),
-            (self.lease, self.cluster),
-        )
-        self.fence_lease = self.lease
+        if terminated == len(keepers) + len(children):
+            self._q(  # every older tree is gone: from now on only our lease counts
+                sql.SQL(
+                    "UPDATE {t} SET lease_seconds = %s WHERE cluster = %s AND epoch = %s"
+                ).format(t=self._table()),
+                (self.lease, self.cluster, epoch),
+            )
+            self.fence_lease = self.lease
         detail = f"terminated {terminated} older session(s)" if terminated else "no older sessions"
         return FenceReport(pending=0, terminated=terminated, detail=detail)
 

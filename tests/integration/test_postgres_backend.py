@@ -52,6 +52,20 @@ def test_one_holder_epoch_and_release(pg_dsn: str, elections: list[PostgresElect
     assert not a.renew()
 
 
+def test_no_epoch_is_taken_on_a_session_that_lost_the_lock(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    a = make(elections, pg_dsn, "a")
+    assert a.try_acquire() and a.bump_epoch() == 1
+    a.release()
+    assert a.try_acquire()
+    a.lock.close()  # e.g. cut by the watchdog right after the lock was granted
+    with pytest.raises(BackendUnavailable, match="lost the lock session"):
+        a.bump_epoch()
+    b = make(elections, pg_dsn, "b")
+    assert b.leader().epoch == 1  # nothing bumped on a new session that holds nothing
+
+
 def test_lost_session_means_lost_leadership(pg_dsn: str, elections: list[PostgresElection]) -> None:
     a = make(elections, pg_dsn, "a")
     assert a.try_acquire()

@@ -45,3 +45,12 @@ def test_session_timings_follow_the_lease() -> None:
     idle, interval, count = t.keepalive_idle, t.keepalive_interval, t.keepalive_count
     assert idle + interval * count <= 10  # a dead peer is noticed within one lease
     assert "idle_session_timeout" not in t.server_settings(idle_session=False)
+
+
+def test_a_new_connection_stays_within_half_a_lease() -> None:
+    # connect_timeout applies per address (`localhost` may have two), then the settings.
+    for lease, timeout, expected in ((10, 2, 2), (3, 0.5, 1), (30, 5, 5), (20, 9, 5), (3, 1.2, 1)):
+        t = SessionTimings(lease=lease, statement_timeout=timeout)
+        assert t.call_limit == lease / 2
+        assert t.connect_timeout == expected, (lease, timeout)
+        assert 2 * t.connect_timeout <= max(t.call_limit, 2)  # libpq counts whole seconds
