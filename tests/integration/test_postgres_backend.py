@@ -284,8 +284,9 @@ def test_a_predecessor_with_a_longer_lease_is_waited_for_by_its_lease(
     report = b.fence(2, force=False)
     assert report.pending == 1 and not _is_dead(keeper), report
     # b dies before its fence is done: its successor still waits by a's lease.
-    b.close()
-    assert c.try_acquire() and c.bump_epoch() == 3
+    b.close()  # (the server ends its backend, and frees the lock, asynchronously)
+    wait_until(c.try_acquire, 5, "c to take the lock b left")
+    assert c.bump_epoch() == 3
     assert c.fence(3, force=False).wait_seconds == 6.0
     idle(c, 6.0 - 2.5 + 0.2)  # a's lease is over now
     report = c.fence(3, force=False)
