@@ -80,14 +80,20 @@ def test_lost_session_means_lost_leadership(pg_dsn: str, elections: list[Postgre
     admin.close()
 
 
-def test_vanished_holder_is_fenced_after_a_lease(
-    pg_dsn: str, elections: list[PostgresElection], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A managed server that ignores idle_session_timeout: only the standby's check frees it.
+@pytest.fixture
+def no_idle_session_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A managed server that ignores idle_session_timeout: only the standby's check frees a
+    vanished holder's lock."""
     original = SessionTimings.server_settings
     monkeypatch.setattr(
         SessionTimings, "server_settings", lambda self, idle: original(self, idle_session=False)
     )
+
+
+@pytest.mark.usefixtures("no_idle_session_timeout")
+def test_vanished_holder_is_fenced_after_a_lease(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
     a, b = make(elections, pg_dsn, "a", lease=2.0), make(elections, pg_dsn, "b", lease=2.0)
     assert a.try_acquire()
     assert not b.try_acquire()
@@ -97,13 +103,10 @@ def test_vanished_holder_is_fenced_after_a_lease(
         a.renew()
 
 
+@pytest.mark.usefixtures("no_idle_session_timeout")
 def test_vanished_holder_with_a_longer_lease_is_fenced_after_its_lease(
-    pg_dsn: str, elections: list[PostgresElection], monkeypatch: pytest.MonkeyPatch
+    pg_dsn: str, elections: list[PostgresElection]
 ) -> None:
-    original = SessionTimings.server_settings
-    monkeypatch.setattr(
-        SessionTimings, "server_settings", lambda self, idle: original(self, idle_session=False)
-    )
     a, b = make(elections, pg_dsn, "a", lease=4.0), make(elections, pg_dsn, "b", lease=2.0)
     assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
     time.sleep(2.5)  # silent past b's lease, inside its own
