@@ -194,8 +194,6 @@ class Keeper:
                 self.hard_kill("proof-of-life session lost")
 
 
-# The body of a pip/setuptools/uv console script for `airflow`: anything else is a wrapper
-# whose own work (env, secrets, sys.path) a pre-warmed start would skip.
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m failover.keeper",

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from failover.keeper import Keeper
 
 
+# The body of a pip/setuptools/uv console script for `airflow`: anything else is a wrapper
+# whose own work (env, secrets, sys.path) a pre-warmed start would skip.
 CONSOLE_SCRIPT_LINES = {
     "import re",
     "import sys",

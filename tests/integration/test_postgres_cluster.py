@@ -1,5 +1,5 @@
-"""Three real daemons on the PostgreSQL backend, under kill -9, SIGSTOP, server restart,
-an admin's pg_terminate_backend, and a graceful stop.
+"""Three real daemons on the PostgreSQL backend, under kill -9, SIGSTOP, server restart, the
+server down for longer than the lease, an admin's pg_terminate_backend, and a graceful stop.
 
 Samplers check every 50 ms: at most one epoch's child tree alive, and at most one epoch's
 child DB sessions open.
@@ -195,6 +195,34 @@ def test_postgres_restart(tmp_path: Path, pg_factory: Any) -> None:
             )
             sentences = [s for n in cluster.nodes for s in cluster.sentences(n)]
             assert any("absence of keepers proves nothing" in s for s in sentences), sentences
+        sampler.assert_clean()
+    finally:
+        cluster.stop_all()
+
+
+def test_postgres_down_longer_than_the_lease(tmp_path: Path, pg_factory: Any) -> None:
+    server = pg_factory()
+    dsn = server.create_database("down")
+    cluster = pg_cluster(tmp_path, dsn)
+    try:
+        with Sampler(cluster.tag) as sampler:
+            cluster.start_all()
+            leader, epoch = cluster.leader_child()
+            server.stop(mode="immediate")
+            # The keeper's proof of life broke with the server: the tree dies at once, and
+            # nobody can lead while the lock's server is down, however long that is.
+            wait_until(lambda: not cluster.live_children(), 10, "the child tree to die")
+            for _ in range(12):  # two leases (3 s) with the server down
+                time.sleep(0.5)
+                assert not cluster.live_children()
+            server.start()
+            _, new_epoch = wait_until(
+                lambda: (o := cluster.leader_child(timeout=30)) and int(o[1]) > int(epoch) and o,
+                40,
+                "a child of a newer epoch after the server came back",
+            )
+            for node in cluster.nodes:
+                assert cluster.procs[node].poll() is None, f"{node} exited while the DB was down"
         sampler.assert_clean()
     finally:
         cluster.stop_all()
