@@ -74,6 +74,10 @@ class SessionTimings:
         return settings
 
 
+class CallCut(psycopg2.OperationalError):
+    """The watchdog cut this call off at its limit: its connection is unusable."""
+
+
 class Cut:
     """One watched call: `fired` once the watchdog shut its socket down."""
 
@@ -98,7 +102,9 @@ class Watchdog:
         self.thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def limit(self, fd: int, seconds: float) -> Iterator[Cut]:
+    def limit(self, fd: int, seconds: float, message: str) -> Iterator[None]:
+        """Run the body under a limit; raise `CallCut(message)` if it was cut, even when
+        the answer came just as it was (what the call did may be lost with the session)."""
         # A duplicate of the socket: libpq may close its own fd inside the call, and that
         # number could then be another thread's socket (HTTP, kazoo) before we are done.
         cut = Cut(os.dup(fd), time.monotonic() + seconds)
@@ -109,11 +115,17 @@ class Watchdog:
             self.cuts.add(cut)
             self.cond.notify()
         try:
-            yield cut
+            yield
+        except psycopg2.Error as err:
+            if cut.fired:
+                raise CallCut(message) from err
+            raise
         finally:
             with self.cond:  # after this the watchdog is done with the duplicate
                 self.cuts.discard(cut)
             os.close(cut.fd)
+        if cut.fired:
+            raise CallCut(message)
 
     def _run(self) -> None:
         with self.cond:
@@ -165,6 +177,9 @@ class Session:
         self.next_attempt = 0.0
         self.generation = 0  # bumped on every new connection: a new session lost all locks
         self.warned: set[str] = set()
+        self.no_answer = (
+            f"no answer within {timings.call_limit:g} s (half of lease_seconds): connection closed"
+        )
 
     @property
     def connected(self) -> bool:
@@ -220,25 +235,14 @@ class Session:
                 )
         try:
             left = max(0.1, t.call_limit - (time.monotonic() - started))  # one limit for all
-            with WATCHDOG.limit(conn.fileno(), left) as cut, conn.cursor() as cur:
+            with WATCHDOG.limit(conn.fileno(), left, self.no_answer), conn.cursor() as cur:
                 for name, value in t.server_settings(idle_session).items():
                     cur.execute(sql.SQL("SET {} = %s").format(sql.Identifier(name)), (value,))
                     self._check_setting(cur, name, value)
-        except psycopg2.Error as err:
+        except psycopg2.Error:
             conn.close()
-            if cut.fired:
-                raise psycopg2.OperationalError(self._no_answer()) from err
             raise
-        if cut.fired:  # answered just as it was cut: the connection is unusable
-            conn.close()
-            raise psycopg2.OperationalError(self._no_answer())
         return conn
-
-    def _no_answer(self) -> str:
-        return (
-            f"no answer within {self.timings.call_limit:g} s (half of lease_seconds): "
-            "connection closed"
-        )
 
     def _check_setting(self, cur: Any, name: str, wanted: str) -> None:
         cur.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,))
@@ -256,16 +260,16 @@ class Session:
         conn = self.connection()
         try:
             with (
-                WATCHDOG.limit(conn.fileno(), self.timings.call_limit) as cut,
+                WATCHDOG.limit(conn.fileno(), self.timings.call_limit, self.no_answer),
                 conn.cursor() as cur,
             ):
                 cur.execute(statement, params)
-                rows = list(cur.fetchall()) if cur.description is not None else []
+                return list(cur.fetchall()) if cur.description is not None else []
+        except CallCut as err:
+            self.close()
+            self.last_error = str(err)
+            raise BackendUnavailable(f"PostgreSQL gave {self.last_error}") from err
         except psycopg2.Error as err:
-            if cut.fired:
-                self.close()
-                self.last_error = self._no_answer()
-                raise BackendUnavailable(f"PostgreSQL gave {self.last_error}") from err
             if isinstance(err, psycopg2.errors.QueryCanceled) and not conn.closed:
                 raise BackendUnavailable(
                     f"PostgreSQL statement timed out: {one_line(err, self.dsn)}"
@@ -275,11 +279,6 @@ class Session:
             self.close()
             self.last_error = one_line(err, self.dsn)
             raise BackendUnavailable(f"PostgreSQL connection lost: {self.last_error}") from err
-        if cut.fired:  # answered just as it was cut: no session holds what it did any more
-            self.close()
-            self.last_error = self._no_answer()
-            raise BackendUnavailable(f"PostgreSQL gave {self.last_error}")
-        return rows
 
     def fileno(self) -> int | None:
         return self.conn.fileno() if self.connected else None
