@@ -118,9 +118,10 @@ class PostgresElection(ElectionBackend):
         for pid, name, state, idle_for in self._q(HOLDER_SQL, (self.classid, self.objid)):
             if state != "idle":
                 continue
-            lease = self._holders_lease()  # (a rolling restart may have given it a longer one)
-            silent = idle_for is not None and idle_for > lease
-            if silent or self._heartbeat_age(str(name).rpartition(":")[2]) > lease:
+            quiet = max(idle_for or 0.0, self._heartbeat_age(str(name).rpartition(":")[2]))
+            # Only a holder quiet past our lease is worth looking up: a rolling restart may
+            # have given it a longer one.
+            if quiet > self.lease and quiet > self._holders_lease():
                 return self._terminate([pid]) > 0
         return False
 
