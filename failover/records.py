@@ -35,26 +35,17 @@ class Records:
 
     def read_flags(self) -> None:
         """The first store call of a tick: keeps the last known flags if it fails."""
-        started = self.clock()
         self.failed = False
-        try:
+
+        def read() -> None:
             self.flags = self.store.flags()
-        except BackendUnavailable as err:
-            self._done(started, err)
-            return
-        self._done(started, None)
+
+        self._run(read)
 
     def call(self, call: Callable[[], None]) -> None:
         """A best-effort store call, skipped when the store failed us in this tick."""
-        if self.failed:
-            return
-        started = self.clock()
-        try:
-            call()
-        except BackendUnavailable as err:
-            self._done(started, err)
-            return
-        self._done(started, None)
+        if not self.failed:
+            self._run(call)
 
     def slow(self, started: float, ended: float | None = None) -> None:
         """A metadata-DB call that took longer than the backend timeout counts as failed."""
@@ -67,20 +58,22 @@ class Records:
         due = self.last_heartbeat is None or now - self.last_heartbeat >= every
         if (not due and shown == self.last_written) or self.failed:
             return  # (a store that failed this tick is tried again next tick, not twice now)
-        started = self.clock()
-        try:
-            self.store.heartbeat(state)
-        except BackendUnavailable as err:
-            self._done(started, err)
-            return
-        self._done(started, None)
-        self.last_heartbeat = now
-        self.last_written = shown
+        if self._run(lambda: self.store.heartbeat(state)):
+            self.last_heartbeat = now
+            self.last_written = shown
 
-    def _done(self, started: float, error: BackendUnavailable | None) -> None:
+    def _run(self, call: Callable[[], None]) -> bool:
+        """Make one store call, timed and reported; whether it succeeded."""
+        started = self.clock()
+        error: BackendUnavailable | None = None
+        try:
+            call()
+        except BackendUnavailable as err:
+            error = err
         ended = self.clock()
         if error is not None:
             self.failed = True
         self.slow(started, ended)
         if self.db_reach is not None:
             self.db_reach.record(started, ended, None if error is None else str(error))
+        return error is None
