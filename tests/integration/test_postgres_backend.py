@@ -210,12 +210,19 @@ def test_fresh_server_makes_the_leader_wait(
     assert 25 < report.wait_seconds <= 30
 
 
+def leader_with_keeper(
+    elections: list[PostgresElection], dsn: str, lease: float
+) -> tuple[PostgresElection, Any]:
+    """a leads epoch 1, just renewed, and its keeper's proof-of-life session is open."""
+    a = make(elections, dsn, "a", lease=lease)
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    return a, open_session(dsn, "failover:c:a:1:keeper")
+
+
 def test_silent_previous_leader_lets_the_next_fence_at_once(
     pg_dsn: str, elections: list[PostgresElection]
 ) -> None:
-    a = make(elections, pg_dsn, "a", lease=2.0)
-    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
-    old_keeper = open_session(pg_dsn, "failover:c:a:1:keeper")  # a's keeper, cut off with it
+    a, old_keeper = leader_with_keeper(elections, pg_dsn, 2.0)  # a's keeper, cut off with it
     time.sleep(2.6)  # a proves nothing for longer than a lease; the server drops its session
     b = make(elections, pg_dsn, "b", lease=2.0)
     assert b.try_acquire() and b.bump_epoch() == 2
@@ -228,9 +235,7 @@ def test_silent_previous_leader_lets_the_next_fence_at_once(
 def test_recently_renewed_leader_is_waited_for(
     pg_dsn: str, elections: list[PostgresElection]
 ) -> None:
-    a = make(elections, pg_dsn, "a", lease=30.0)
-    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
-    keeper = open_session(pg_dsn, "failover:c:a:1:keeper")
+    a, keeper = leader_with_keeper(elections, pg_dsn, 30.0)
     a.release()  # a just renewed: its keeper may still run until its deadline
     b = make(elections, pg_dsn, "b", lease=30.0)
     assert b.try_acquire() and b.bump_epoch() == 2
@@ -244,9 +249,7 @@ def test_keeper_of_a_leader_cut_off_just_under_a_lease_ago_is_fenced_when_its_le
 ) -> None:
     # a renewed, then vanished; b took the lock before a's lease ran out, so a's keeper may
     # still run: b waits, but only until a's last renew + lease, not a whole lease from now.
-    a = make(elections, pg_dsn, "a", lease=2.0)
-    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
-    keeper = open_session(pg_dsn, "failover:c:a:1:keeper")
+    a, keeper = leader_with_keeper(elections, pg_dsn, 2.0)
     time.sleep(1.0)
     a.release()
     b = make(elections, pg_dsn, "b", lease=2.0)
@@ -273,9 +276,7 @@ def test_a_predecessor_with_a_longer_lease_is_waited_for_by_its_lease(
 ) -> None:
     # A rolling restart lowers lease_seconds from 6 s to 2 s: b (2 s) takes over from a
     # (6 s). a's keeper may run until a's last renew + 6 s, so b waits by 6 s, not by 2 s.
-    a = make(elections, pg_dsn, "a", lease=6.0)
-    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
-    keeper = open_session(pg_dsn, "failover:c:a:1:keeper")
+    a, keeper = leader_with_keeper(elections, pg_dsn, 6.0)
     a.release()
     b = make(elections, pg_dsn, "b", lease=2.0)
     assert b.try_acquire() and b.bump_epoch() == 2

@@ -177,22 +177,26 @@ def test_admin_terminates_leader_lock_session(cluster: Cluster, pg_dsn: str) -> 
     db.assert_clean()
 
 
+def newer_epoch(cluster: Cluster, epoch: str) -> None:
+    """Wait (40 s at most) for the one live child tree to be of an epoch above `epoch`."""
+    wait_until(
+        lambda: (o := cluster.leader_child(timeout=30)) and int(o[1]) > int(epoch),
+        40,
+        f"a child of an epoch above {epoch} once the server is back",
+    )
+
+
 def test_postgres_restart(tmp_path: Path, pg_factory: Any) -> None:
     server = pg_factory()
-    dsn = server.create_database("restart")
-    cluster = pg_cluster(tmp_path, dsn)
+    cluster = pg_cluster(tmp_path, server.create_database("restart"))
     try:
         with Sampler(cluster.tag) as sampler:
             cluster.start_all()
-            leader, epoch = cluster.leader_child()
+            _, epoch = cluster.leader_child()
             server.restart(mode="immediate")
             # Every session died: the keeper can no longer vouch and kills the tree; after
             # the restart a leader waits a lease from the server start, then starts.
-            _, new_epoch = wait_until(
-                lambda: (o := cluster.leader_child(timeout=30)) and int(o[1]) > int(epoch) and o,
-                40,
-                "a child of a newer epoch after the restart",
-            )
+            newer_epoch(cluster, epoch)
             sentences = [s for n in cluster.nodes for s in cluster.sentences(n)]
             assert any("absence of keepers proves nothing" in s for s in sentences), sentences
         sampler.assert_clean()
@@ -202,12 +206,11 @@ def test_postgres_restart(tmp_path: Path, pg_factory: Any) -> None:
 
 def test_postgres_down_longer_than_the_lease(tmp_path: Path, pg_factory: Any) -> None:
     server = pg_factory()
-    dsn = server.create_database("down")
-    cluster = pg_cluster(tmp_path, dsn)
+    cluster = pg_cluster(tmp_path, server.create_database("down"))
     try:
         with Sampler(cluster.tag) as sampler:
             cluster.start_all()
-            leader, epoch = cluster.leader_child()
+            _, epoch = cluster.leader_child()
             server.stop(mode="immediate")
             # The keeper's proof of life broke with the server: the tree dies at once, and
             # nobody can lead while the lock's server is down, however long that is.
@@ -216,11 +219,7 @@ def test_postgres_down_longer_than_the_lease(tmp_path: Path, pg_factory: Any) ->
                 time.sleep(0.5)
                 assert not cluster.live_children()
             server.start()
-            _, new_epoch = wait_until(
-                lambda: (o := cluster.leader_child(timeout=30)) and int(o[1]) > int(epoch) and o,
-                40,
-                "a child of a newer epoch after the server came back",
-            )
+            newer_epoch(cluster, epoch)
             for node in cluster.nodes:
                 assert cluster.procs[node].poll() is None, f"{node} exited while the DB was down"
         sampler.assert_clean()

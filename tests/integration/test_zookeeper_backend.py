@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,33 @@ def lead(e: ZooKeeperElection) -> int:
     return epoch
 
 
+@dataclass
+class Proxied:
+    """a leads through a proxy the test can cut; b reaches the server directly."""
+
+    proxy: ZkProxy
+    chroot: str
+    a: ZooKeeperElection
+    b: ZooKeeperElection
+
+    def suspend_a(self) -> None:
+        self.proxy.cut()
+        wait_until(lambda: self.a.client.state == KazooState.SUSPENDED, 5, "SUSPENDED")
+
+
+@pytest.fixture
+def proxied(zk_open: Opener, zk_server: Any) -> Iterator[Proxied]:
+    proxy = ZkProxy(zk_server.hosts)
+    chroot = f"/t-{uuid.uuid4().hex}"
+    try:
+        a, _ = zk_open("a", proxy.hosts(chroot))
+        b, _ = zk_open("b", zk_server.hosts + chroot)
+        lead(a)
+        yield Proxied(proxy, chroot, a, b)
+    finally:
+        proxy.close()
+
+
 # --------------------------------------------------------------------------- election
 
 
@@ -312,85 +340,60 @@ def test_epoch_is_compare_and_set(zk_open: Opener, zk_chroot: str) -> None:
 
 
 def test_injected_expiry_loses_leadership_and_the_successor_waits(
-    zk_open: Opener, zk_server: Any
+    proxied: Proxied, zk_server: Any
 ) -> None:
-    proxy = ZkProxy(zk_server.hosts)
-    chroot = f"/t-{uuid.uuid4().hex}"
-    try:
-        a, _ = zk_open("a", proxy.hosts(chroot))
-        b, _ = zk_open("b", zk_server.hosts + chroot)
-        lead(a)
-        assert not b.try_acquire()
-        proved = time.monotonic()
-        assert a.renew()
-        expire_session(zk_server.hosts, proxy.sessions[-1])
-        wait_until(b.try_acquire, 5, "b to become the lowest contender")
-        b.bump_epoch()
-        report = b.fence(2, False)
-        # a's node vanished early: its keeper may run until its last proof + 3 s.
-        assert report.pending == 1 and 0 < report.wait_seconds <= 3.0, report
-        assert "a of epoch 1 ended unreleased" in report.detail
-        wait_until(
-            lambda: a.client.state == KazooState.CONNECTED and a.conn.session_id(),
-            10,
-            "a reconnected",
-        )
-        assert not a.renew()  # LOST: a new session, the old contender is gone
-        wait_until(lambda: b.fence(2, True).pending == 0, 4, "a's keeper deadline to pass")
-        assert time.monotonic() - proved >= 2.4
-        assert not a.try_acquire()  # registered from scratch, behind b
-        assert len([n for n in contenders(zk_server.hosts + chroot) if n.startswith("c_a_")]) == 1
-    finally:
-        proxy.close()
+    proxy, chroot, a, b = proxied.proxy, proxied.chroot, proxied.a, proxied.b
+    assert not b.try_acquire()
+    proved = time.monotonic()
+    assert a.renew()
+    expire_session(zk_server.hosts, proxy.sessions[-1])
+    wait_until(b.try_acquire, 5, "b to become the lowest contender")
+    b.bump_epoch()
+    report = b.fence(2, False)
+    # a's node vanished early: its keeper may run until its last proof + 3 s.
+    assert report.pending == 1 and 0 < report.wait_seconds <= 3.0, report
+    assert "a of epoch 1 ended unreleased" in report.detail
+    wait_until(
+        lambda: a.client.state == KazooState.CONNECTED and a.conn.session_id(),
+        10,
+        "a reconnected",
+    )
+    assert not a.renew()  # LOST: a new session, the old contender is gone
+    wait_until(lambda: b.fence(2, True).pending == 0, 4, "a's keeper deadline to pass")
+    assert time.monotonic() - proved >= 2.4
+    assert not a.try_acquire()  # registered from scratch, behind b
+    assert len([n for n in contenders(zk_server.hosts + chroot) if n.startswith("c_a_")]) == 1
 
 
-def test_suspended_is_not_leadership_and_a_surviving_session_keeps_it(
-    zk_open: Opener, zk_server: Any
-) -> None:
-    proxy = ZkProxy(zk_server.hosts)
-    chroot = f"/t-{uuid.uuid4().hex}"
-    try:
-        a, _ = zk_open("a", proxy.hosts(chroot))
-        b, _ = zk_open("b", zk_server.hosts + chroot)
-        lead(a)
-        proxy.cut()
-        wait_until(lambda: a.client.state == KazooState.SUSPENDED, 5, "SUSPENDED")
-        with pytest.raises(BackendUnavailable, match="suspended"):
-            a.renew()
-        assert not b.try_acquire()
-        proxy.heal()
-        wait_until(lambda: a.client.state == KazooState.CONNECTED, 5, "reconnected")
-        assert a.renew() and a.leader().node == "a"  # same session, still the lowest
-    finally:
-        proxy.close()
+def test_suspended_is_not_leadership_and_a_surviving_session_keeps_it(proxied: Proxied) -> None:
+    proxy, a, b = proxied.proxy, proxied.a, proxied.b
+    proxied.suspend_a()
+    with pytest.raises(BackendUnavailable, match="suspended"):
+        a.renew()
+    assert not b.try_acquire()
+    proxy.heal()
+    wait_until(lambda: a.client.state == KazooState.CONNECTED, 5, "reconnected")
+    assert a.renew() and a.leader().node == "a"  # same session, still the lowest
 
 
 def test_a_release_failed_in_a_blip_is_finished_by_tidy_without_campaigning(
-    zk_open: Opener, zk_server: Any
+    proxied: Proxied, zk_server: Any
 ) -> None:
-    proxy = ZkProxy(zk_server.hosts)
-    chroot = f"/t-{uuid.uuid4().hex}"
-    try:
-        a, _ = zk_open("a", proxy.hosts(chroot))
-        b, _ = zk_open("b", zk_server.hosts + chroot)
-        lead(a)
-        sid = a.conn.session_id()
-        proxy.cut()
-        wait_until(lambda: a.client.state == KazooState.SUSPENDED, 5, "SUSPENDED")
-        with pytest.raises(BackendUnavailable):
-            a.release()
-        assert a.contender is None and len(a.given_up) == 1
-        proxy.heal()
-        wait_until(lambda: a.client.state == KazooState.CONNECTED, 5, "reconnected")
-        assert a.conn.session_id() == sid  # the same session: its node is still the lowest
-        assert not b.try_acquire() and b.leader().node == "a"
-        a.tidy()  # what a standby tick that does not campaign does
-        assert not a.given_up
-        wait_until(b.try_acquire, 2, "b to become the lowest contender")
-        assert [n[:4] for n in contenders(zk_server.hosts + chroot)] == ["c_b_"]
-        a.tidy()  # nothing left to do: no call
-    finally:
-        proxy.close()
+    proxy, chroot, a, b = proxied.proxy, proxied.chroot, proxied.a, proxied.b
+    sid = a.conn.session_id()
+    proxied.suspend_a()
+    with pytest.raises(BackendUnavailable):
+        a.release()
+    assert a.contender is None and len(a.given_up) == 1
+    proxy.heal()
+    wait_until(lambda: a.client.state == KazooState.CONNECTED, 5, "reconnected")
+    assert a.conn.session_id() == sid  # the same session: its node is still the lowest
+    assert not b.try_acquire() and b.leader().node == "a"
+    a.tidy()  # what a standby tick that does not campaign does
+    assert not a.given_up
+    wait_until(b.try_acquire, 2, "b to become the lowest contender")
+    assert [n[:4] for n in contenders(zk_server.hosts + chroot)] == ["c_b_"]
+    a.tidy()  # nothing left to do: no call
 
 
 def test_close_without_release_does_not_hand_over(zk_open: Opener) -> None:

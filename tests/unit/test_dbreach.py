@@ -151,6 +151,16 @@ class Nodes:
         self.clock.advance(seconds)
         return {node: rig.controller.tick().sentence for node, rig in self.rigs.items()}
 
+    def resigning(self, node: str) -> Rig:
+        """Cut `node`, the leader, off the DB until it steps down; its child has just exited."""
+        rig = self.rigs[node]
+        self.store(node).down = True
+        for _ in range(21):
+            self.step()
+        assert rig.controller.role is Role.DEMOTING
+        rig.launcher.last.inbox.extend(["EXITED 0", "GONE stop requested"])
+        return rig
+
     def leaders(self) -> list[str]:
         return [n for n, r in self.rigs.items() if r.controller.role is not Role.STANDBY]
 
@@ -210,12 +220,7 @@ def test_a_release_lost_in_a_backend_blip_is_finished_while_cooling_down_and_hol
     queue node stays the lowest. It never campaigns again while cut off from the DB, so only
     its non-campaigning ticks can delete that node; otherwise nobody would ever lead."""
     nodes = three()
-    a = nodes.rigs["a"]
-    nodes.store("a").down = True
-    for _ in range(21):
-        nodes.step()
-    assert a.controller.role is Role.DEMOTING
-    a.launcher.last.inbox.extend(["EXITED 0", "GONE stop requested"])
+    a = nodes.resigning("a")
     a.backend.down = True
     nodes.clock.advance(1.0)
     result = a.controller.tick()
@@ -375,11 +380,6 @@ def test_a_failed_store_read_is_not_waited_on_again_in_the_same_tick() -> None:
 
 def test_resigning_without_the_db_still_confirms_the_release() -> None:
     nodes = three()
-    a = nodes.rigs["a"]
-    nodes.store("a").down = True
-    for _ in range(21):
-        nodes.step()
-    assert a.controller.role is Role.DEMOTING
-    a.launcher.last.inbox.extend(["EXITED 0", "GONE stop requested"])
+    a = nodes.resigning("a")
     result = a.controller.tick()
     assert result.sentence == "released leadership of epoch 1 after the child exited"
