@@ -1,0 +1,60 @@
+"""The backend registry: `backend = "<name>"` -> the package that knows it.
+
+Adding a backend is one package with a `BACKEND` entry (`interfaces.Backend`) and one line in
+`BACKENDS`. Packages are imported only when used, and import their drivers only when built.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from failover.config import Settings
+from failover.errors import ConfigError
+from failover.interfaces import Backend, MemberStore, MetadataDB, Parts
+
+BACKENDS = {
+    "local": "failover.backends.local",
+    "postgres": "failover.backends.postgres",
+    "zookeeper": "failover.backends.zookeeper",
+}
+
+
+def backend(name: str) -> Backend:
+    """The registered entry of backend `name`."""
+    if name not in BACKENDS:
+        raise NotImplementedError(f"backend {name!r} is not available in this version")
+    entry = importlib.import_module(BACKENDS[name]).BACKEND
+    assert isinstance(entry, Backend), f"{BACKENDS[name]}.BACKEND is not a Backend"
+    return entry
+
+
+def open_backend(settings: Settings) -> Parts:
+    """The election, member store and reach board of `settings.backend`."""
+    return backend(settings.backend).build(settings)
+
+
+def open_store(settings: Settings) -> MemberStore:
+    """The member store alone (for `status`, `pause`, `switchover` from any host)."""
+    return backend(settings.backend).open_store(settings)
+
+
+def dsn_scheme(dsn: str) -> str:
+    """`postgresql` of `postgresql+psycopg2://...`; a DSN without `://` is libpq's
+    `key=value` form, which only PostgreSQL speaks."""
+    scheme, sep, _ = dsn.partition("://")
+    return scheme.split("+", 1)[0].lower() if sep else "postgresql"
+
+
+def open_metadata(settings: Settings, dsn: str) -> MetadataDB:
+    """The metadata-DB dialect for `dsn`, chosen by its scheme."""
+    scheme = dsn_scheme(dsn)
+    for name in BACKENDS:
+        entry = backend(name)
+        if entry.metadata is not None and scheme in entry.schemes:
+            return entry.metadata(settings, dsn)
+    known = sorted({s for n in BACKENDS for s in backend(n).schemes})
+    raise ConfigError(
+        "metadata_dsn",
+        f"no metadata-DB dialect for scheme {scheme!r}",
+        f"use one of: {', '.join(known)}",
+    )
