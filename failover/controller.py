@@ -58,6 +58,9 @@ class Controller(Standby):
         self.fence_deadline: float | None = None
         self.fenced = 0
         self.cooldown_until = 0.0
+        self.switch_epoch: int | None = None
+        self.stalled_since: float | None = None
+        self.switch_note = ""
         self.demote_reason = ""
         self.shutting_down = False
         self.backend_up = True
@@ -288,19 +291,20 @@ class Controller(Standby):
             return None
         if self.records.failed:
             return None  # the DB failed us in this tick: the request is handled next tick
+        wanted = target or "another member"
         try:
             if target == self.node:
-                self.store.clear_switchover()
+                self.store.clear_switchover(f"switchover to {wanted}: it leads already")
                 return None
             candidates = self._healthy_standbys()
             refused = (target and target not in candidates) or not candidates
             if refused:
-                self.store.clear_switchover()
+                sentence = f"switchover to {wanted} refused: no such healthy standby"
+                self.store.clear_switchover(f"{sentence}; {self.node} stays leader")
         except BackendUnavailable:
             return None  # cannot check the request now: no switchover this tick
         if refused:
-            wanted = target or "any standby"
-            return f"switchover to {wanted} refused: no such healthy standby; staying leader", None
+            return f"{sentence}; staying leader", None
         return self._demote_now("switchover")
 
     def _healthy_standbys(self) -> list[str]:

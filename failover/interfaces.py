@@ -70,7 +70,8 @@ class ClusterFlags:
     paused: bool = False
     switchover_to: str | None = None  # "" = any other member
     switchover_from: str | None = None
-    switchover_age: float | None = None
+    switchover_age: float | None = None  # of the pending request, else of the last outcome
+    switchover_result: str | None = None  # how the last request ended, once decided
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -133,6 +134,11 @@ class ElectionBackend(abc.ABC):
         """Cheap check (drains `watch_fd`): True when a tick now could change something."""
         return False
 
+    def member_present(self, node: str) -> bool | None:
+        """Whether `node`'s daemon still holds its place in the backend (its session or alive
+        lock); None when this backend cannot tell. Raises `BackendUnavailable`."""
+        return None
+
     def close(self) -> None:
         """Drop connections; a held leadership ends with them."""
 
@@ -162,7 +168,8 @@ class MemberStore(abc.ABC):
     def request_switchover(self, from_node: str | None, to_node: str | None) -> None: ...
 
     @abc.abstractmethod
-    def clear_switchover(self) -> None: ...
+    def clear_switchover(self, result: str = "") -> None:
+        """End the pending request; `result` says how ("switchover to b done: ...")."""
 
     def close(self) -> None:
         """Drop connections."""

@@ -38,6 +38,7 @@ def snapshot(
         "leader": result.leader,
         "paused": result.paused,
         "switchover_to": c.flags.switchover_to,
+        "switchover_result": c.flags.switchover_result,
         "backend_up": result.backend_up,
         "sentence": result.sentence,
         "last_renew_unix": wall(now, c.last_renew) if lead else None,

@@ -41,6 +41,7 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
         "backend": settings.backend,
         "paused": flags.paused,
         "switchover_to": flags.switchover_to,
+        "switchover_result": flags.switchover_result,
         "leader": leaders[0]["node"] if len(leaders) == 1 else None,
         "healthy_leader": healthy,
         "members": rows,
@@ -70,6 +71,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     if not status["healthy_leader"]:
         lines.append("no healthy leader")
+    if status.get("switchover_result"):
+        lines.append(f"last switchover: {status['switchover_result']}")
     return "\n".join(lines)
 
 
@@ -108,12 +111,24 @@ def ask_switchover(settings: Settings, to: str | None) -> str:
 
 
 def request_switchover(settings: Settings, to: str | None, wait: float) -> str:
-    """Ask the leader to hand over, then wait until another node leads."""
+    """Ask the leader to hand over, then wait until the request is decided and a healthy
+    leader runs. FailoverError when the named target (or, without one, another member) did
+    not end up leading: the message says why ("switchover to b abandoned: ...; c elected")."""
     leader = ask_switchover(settings, to)
     end = time.monotonic() + wait
+    result: str | None = None
     while time.monotonic() < end:
         status = cluster_status(settings)
-        if status["healthy_leader"] and status["leader"] not in (None, leader):
-            return f"switched over: {leader} -> {status['leader']}"
+        new = status["leader"] if status["healthy_leader"] else None
+        if status["switchover_to"] is None:
+            result = status["switchover_result"] or result
+        if new is not None and new != leader and to in (None, new):
+            return f"switched over: {leader} -> {new}"
+        if result is not None and new is not None and ("refused" in result or new != leader):
+            raise FailoverError(result if "refused" in result else f"{result}; {new} elected")
+        if result is not None and new == leader and "abandoned" in result:
+            raise FailoverError(f"{result}; {leader} leads again")
         time.sleep(0.1)
+    if result is not None:
+        raise FailoverError(f"{result}; no healthy leader within {wait:g} s")
     raise FailoverError(f"no new healthy leader within {wait:g} s; see `failover status`")

@@ -136,8 +136,12 @@ class FakeStore(MemberStore):
             switchover_to=to_node or "", switchover_from=from_node, switchover_age=0.0
         )
 
-    def clear_switchover(self) -> None:
-        self.cluster_flags = ClusterFlags(paused=self.cluster_flags.paused)
+    def clear_switchover(self, result: str = "") -> None:
+        self.cluster_flags = ClusterFlags(
+            paused=self.cluster_flags.paused,
+            switchover_age=0.0,
+            switchover_result=result or None,
+        )
 
 
 class FakeLink:

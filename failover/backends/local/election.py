@@ -158,6 +158,10 @@ class LocalElection(ElectionBackend):
         # Another incarnation (or another node) whose daemon is dead: its lease is void.
         return node == self.node or not _lock_is_held(self.store.alive_path(node))
 
+    def member_present(self, node: str) -> bool:
+        """Its daemon holds its alive lock (gone the moment that daemon dies)."""
+        return node == self.node or _lock_is_held(self.store.alive_path(node))
+
     def try_acquire(self) -> bool:
         def txn(db: sqlite3.Connection) -> bool:
             node, token, _, expires_at = self._row(db)
@@ -374,10 +378,11 @@ class LocalMembers(MemberStore):
         paused = values.get("paused", ("0", 0.0))[0] == "1"
         target = values.get("switchover_to")
         source = values.get("switchover_from")
+        result = values.get("switchover_result")
         age = None
-        if target is not None:
+        if target is not None or result is not None:
             try:
-                age = boottime() - float(target[1])
+                age = boottime() - float((target or result or ("", 0.0))[1])
             except (TypeError, ValueError):
                 age = 0.0  # written by something else: treat the request as new
         return ClusterFlags(
@@ -385,6 +390,7 @@ class LocalMembers(MemberStore):
             switchover_to=target[0] if target else None,
             switchover_from=(source[0] or None) if source else None,
             switchover_age=age,
+            switchover_result=result[0] if result else None,
         )
 
     def _set(self, items: dict[str, str | None]) -> None:
@@ -404,7 +410,15 @@ class LocalMembers(MemberStore):
         self._set({"paused": "1" if paused else None})
 
     def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
-        self._set({"switchover_to": to_node or "", "switchover_from": from_node or ""})
+        self._set(
+            {
+                "switchover_to": to_node or "",
+                "switchover_from": from_node or "",
+                "switchover_result": None,
+            }
+        )
 
-    def clear_switchover(self) -> None:
-        self._set({"switchover_to": None, "switchover_from": None})
+    def clear_switchover(self, result: str = "") -> None:
+        self._set(
+            {"switchover_to": None, "switchover_from": None, "switchover_result": result or None}
+        )

@@ -278,6 +278,16 @@ class PostgresElection(ElectionBackend):
                     self._q("SELECT pg_notify(%s, %s)", (self.channel, f"released {self.node}"))
         self.held_generation = None
 
+    def member_present(self, node: str) -> bool:
+        """Its daemon's lock session is connected to this database (a dead host's session
+        lingers until keepalives or idle_session_timeout end it)."""
+        rows = self._q(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s)",
+            (f"failover:{self.cluster}:{node}",),
+        )
+        return bool(rows[0][0])
+
     def leader(self) -> LeaderInfo:
         holders = self._q(HOLDER_SQL, (self.classid, self.objid))
         rows = self._q(

@@ -117,18 +117,20 @@ class PostgresMembers(MemberStore):
         rows = self._q(
             sql.SQL(
                 "SELECT paused, switchover_to, switchover_from, "
-                "EXTRACT(EPOCH FROM now() - switchover_at)::float8 FROM {c} WHERE cluster = %s"
+                "EXTRACT(EPOCH FROM now() - switchover_at)::float8, switchover_result "
+                "FROM {c} WHERE cluster = %s"
             ).format(c=self.t["cluster"]),
             (self.cluster,),
         )
         if not rows:
             return ClusterFlags()
-        paused, target, source, age = rows[0]
+        paused, target, source, age, result = rows[0]
         return ClusterFlags(
             paused=bool(paused),
             switchover_to=target,
             switchover_from=source or None,
             switchover_age=float(age) if age is not None else None,
+            switchover_result=result or None,
         )
 
     def _update(self, assignments: str, params: tuple[Any, ...]) -> None:
@@ -145,12 +147,17 @@ class PostgresMembers(MemberStore):
 
     def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
         self._update(
-            "switchover_to = %s, switchover_from = %s, switchover_at = now()",
+            "switchover_to = %s, switchover_from = %s, switchover_at = now(), "
+            "switchover_result = NULL",
             (to_node or "", from_node or ""),
         )
 
-    def clear_switchover(self) -> None:
-        self._update("switchover_to = NULL, switchover_from = NULL, switchover_at = NULL", ())
+    def clear_switchover(self, result: str = "") -> None:
+        self._update(
+            "switchover_to = NULL, switchover_from = NULL, switchover_at = now(), "
+            "switchover_result = %s",
+            (result or None,),
+        )
 
     def close(self) -> None:
         self.session.close()

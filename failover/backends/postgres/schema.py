@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS {cluster} (
 ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS renewed_at timestamptz;
 ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS server_started timestamptz;
 ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS lease_seconds float8;
+ALTER TABLE {cluster} ADD COLUMN IF NOT EXISTS switchover_result text;
 CREATE TABLE IF NOT EXISTS {member} (
     cluster text NOT NULL,
     node text NOT NULL,

@@ -411,6 +411,11 @@ class ZooKeeperElection(ElectionBackend):
             self._delete(name)  # gone already (NoNode: its session ended) is fine too
             self.given_up.discard(name)
 
+    def member_present(self, node: str) -> bool:
+        """It has a contender node: its session lives and it campaigns (a killed daemon's
+        node stays until its session expires)."""
+        return node == self.node or any(c.node == node for c in self._contenders())
+
     def leader(self) -> LeaderInfo:
         line = self._contenders()
         got = self.nodes.read("read the epoch", self.conn.path("epoch"))

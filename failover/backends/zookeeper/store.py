@@ -288,14 +288,17 @@ class ZooKeeperMembers(MemberStore):
             return ClusterFlags()
         target, source = info.get("switchover_to"), info.get("switchover_from")
         target = target if isinstance(target, str) else None
+        result = info.get("switchover_result")
+        result = result if isinstance(result, str) and result else None
         age = None
-        if target is not None:
+        if target is not None or result is not None:
             age = max(0.0, (self.nodes.server_now_ms() - got[1].mtime) / 1000)
         return ClusterFlags(
             paused=info.get("paused") is True,
             switchover_to=target,
             switchover_from=source if isinstance(source, str) and source else None,
             switchover_age=age,
+            switchover_result=result,
         )
 
     def _set_flags(self, **changes: Any) -> None:
@@ -309,10 +312,12 @@ class ZooKeeperMembers(MemberStore):
         self._set_flags(paused=paused or None)
 
     def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
-        self._set_flags(switchover_to=to_node or "", switchover_from=from_node or "")
+        self._set_flags(
+            switchover_to=to_node or "", switchover_from=from_node or "", switchover_result=None
+        )
 
-    def clear_switchover(self) -> None:
-        self._set_flags(switchover_to=None, switchover_from=None)
+    def clear_switchover(self, result: str = "") -> None:
+        self._set_flags(switchover_to=None, switchover_from=None, switchover_result=result or None)
 
     def close(self) -> None:
         if self.owns_conn:
@@ -353,8 +358,8 @@ class SwitchoverAware(MemberStore):
     def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
         self.inner.request_switchover(from_node, to_node)
 
-    def clear_switchover(self) -> None:
-        self.inner.clear_switchover()
+    def clear_switchover(self, result: str = "") -> None:
+        self.inner.clear_switchover(result)
 
     def close(self) -> None:
         self.inner.close()
