@@ -24,13 +24,13 @@ from failover.dbreach import DbReach, ReachPolicy
 from failover.election import open_backend, open_reach, password_for
 from failover.errors import ConfigError, FailoverError
 from failover.health import HealthPolicy
-from failover.http import Board, Server, read_token
+from failover.http import Board, Server
 from failover.launcher import KeeperLauncher, SidecarLauncher
 from failover.metrics import Metrics
 from failover.pg import RECONNECT_MAX_SECONDS
+from failover.preflight import startup_checks
 from failover.proof import boottime
 from failover.sdnotify import Notifier
-from failover.sources import check_private_file
 
 REPEAT_SENTENCE_SECONDS = 60.0
 
@@ -167,7 +167,7 @@ class Daemon:
         self.on_tick = on_tick
         self.notify = Notifier()
         check_watchdog(self.notify.watchdog_seconds, settings)
-        token = read_token(settings.http.token_file, settings.allow_insecure_permissions)
+        token = startup_checks(settings, os.environ)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(
             self.registry, __version__, settings.backend, settings.node, settings.cluster
@@ -177,11 +177,6 @@ class Daemon:
         if settings.http.listen:
             tls = None
             if settings.http.tls_cert_file and settings.http.tls_key_file:
-                check_private_file(
-                    settings.http.tls_key_file,
-                    "http.tls_key_file",
-                    settings.allow_insecure_permissions,
-                )
                 tls = (settings.http.tls_cert_file, settings.http.tls_key_file)
             self.http = Server(
                 settings.http.listen,
@@ -191,9 +186,6 @@ class Daemon:
                 publish.actions(settings),
                 tls,
             )
-        missing = airflowdb.airflow_on_path(settings.command, os.environ)
-        if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
-            raise ConfigError("command", missing, "install it or fix the command")
         self.backend, self.store = open_backend(settings)
         self.health = _health_source(settings)
         board = open_reach(settings, self.backend)
