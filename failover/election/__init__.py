@@ -87,13 +87,16 @@ def open_reach(settings: Settings, backend: ElectionBackend) -> ReachBoard | Non
     return ZkReachBoard(backend.nodes, settings.node)
 
 
-def open_store(settings: Settings) -> MemberStore:
-    """The member store alone (for `status`, `pause`, `switchover` from any host)."""
+def open_store(settings: Settings, read_only: bool = False) -> MemberStore:
+    """The member store alone (for `status`, `pause`, `switchover` from any host);
+    `read_only`: the local store creates nothing (no directory, no SQLite file)."""
     if settings.backend == "local":
         from failover.election.local import LocalMembers, LocalStore
 
         return LocalMembers(
-            LocalStore(settings.local.dir, settings.cluster, settings.backend_timeout_seconds)
+            LocalStore(
+                settings.local.dir, settings.cluster, settings.backend_timeout_seconds, read_only
+            )
         )
     if settings.backend == "zookeeper" and not settings.metadata_dsn:
         from failover.zkconn import ZkConnection, zk_options
