@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from failover import airflowdb
+    from failover.airflow import settings as airflow_settings
     from failover.preflight import startup_checks
 
     try:
@@ -80,7 +80,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     print(json.dumps(describe(settings), indent=2, default=str))
     warnings = list(settings.warnings)
-    warnings += airflowdb.environment_warnings(os.environ, settings.metadata_dsn is not None)
+    warnings += airflow_settings.environment_warnings(os.environ, settings.metadata_dsn is not None)
     if settings.backend == "zookeeper":
         from failover.config import zookeeper_session_seconds
 
@@ -105,7 +105,7 @@ def _say(kind: str, text: object) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from failover.status import cluster_status, render
+    from failover.ops.status import cluster_status, render
 
     settings = _settings_from(args)
     if args.interval < 0.1:
@@ -132,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
-    from failover.status import request_switchover
+    from failover.ops.status import request_switchover
 
     settings = _settings_from(args)
     print(request_switchover(settings, args.to, args.wait))
@@ -141,7 +141,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 
 def _pause(paused: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from failover.status import set_paused
+        from failover.ops.status import set_paused
 
         settings = _settings_from(args)
         set_paused(settings, paused)
@@ -153,13 +153,13 @@ def _pause(paused: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from failover.demo import run_demo
+    from failover.demo.cluster import run_demo
 
     return run_demo(keep=args.keep)
 
 
 def cmd_keeper(args: argparse.Namespace) -> int:
-    from failover import keeper
+    from failover.keeper import core as keeper
 
     command = [c for c in args.child_command if c != "--"]
     if not command:

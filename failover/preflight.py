@@ -9,10 +9,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from failover import airflowdb
+from failover.airflow import settings as airflow_settings
+from failover.backends import startup_check
 from failover.config import Settings
 from failover.errors import ConfigError
-from failover.http import parse_listen, read_token, tls_context
+from failover.ops.http import parse_listen, read_token, tls_context
 from failover.sources import check_private_file
 
 
@@ -29,27 +30,13 @@ def startup_checks(settings: Settings, env: Mapping[str, str]) -> str | None:
             settings.http.tls_key_file, "http.tls_key_file", settings.allow_insecure_permissions
         )
         tls_context(settings.http.tls_cert_file, settings.http.tls_key_file)
-    missing = airflowdb.airflow_on_path(settings.command, env)
+    missing = airflow_settings.airflow_on_path(settings.command, env)
     if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
         raise ConfigError("command", missing, "install it or fix the command")
-    if settings.keeper.listen:
-        _writable_dir(Path(settings.keeper.listen).parent, "keeper.listen", create=False)
-    if settings.backend == "local":
-        _writable_dir(Path(settings.local.dir), "local.dir", create=True)
-    if settings.backend == "zookeeper" and settings.zookeeper.auth_file:
-        from failover.zkconn import read_auth_file
-
-        read_auth_file(settings.zookeeper.auth_file)
-    return token
-
-
-def _writable_dir(path: Path, field: str, create: bool) -> None:
-    """`path` is a writable directory, or (`create`) could be made in its nearest parent."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
-    if existing != path and not create:
-        raise ConfigError(field, f"{path} does not exist", "create the directory first")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        verb = "create" if existing != path else "write to"
+    socket_dir = Path(settings.keeper.listen).parent
+    if settings.keeper.listen and not (socket_dir.is_dir() and os.access(socket_dir, os.W_OK)):
         raise ConfigError(
-            field, f"cannot {verb} {path}: {existing} is not a writable directory", "pick another"
+            "keeper.listen", f"{socket_dir} is not a writable directory", "create it first"
         )
+    startup_check(settings)
+    return token

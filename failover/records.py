@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 from failover.dbreach import DbReach
-from failover.election.base import ClusterFlags, MemberState, MemberStore
 from failover.errors import BackendUnavailable
+from failover.interfaces import ClusterFlags, MemberState, MemberStore
 
 
 class Records:

@@ -42,7 +42,7 @@ def test_demo_shows_takeover_and_switchover_and_cleans_up() -> None:
     assert "old child" in done.stdout and "gone: True" in done.stdout
     assert "switched over:" in done.stdout
     assert "children left running: 0" in done.stdout
-    assert not tagged_processes("failover.standin")
+    assert not tagged_processes("failover.demo.standin")
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from failover.child import Child, ChildPolicy
 from failover.controller import Controller, Timings
-from failover.election.base import (
+from failover.errors import BackendUnavailable
+from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
     FenceReport,
@@ -16,7 +17,6 @@ from failover.election.base import (
     MemberState,
     MemberStore,
 )
-from failover.errors import BackendUnavailable
 
 
 class FakeClock:

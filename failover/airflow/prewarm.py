@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, our own directory would shadow the standard library (failover/http.py).
+# Run as a script, our own directory would come first on sys.path: drop it (nothing of ours
+# may shadow what Airflow imports).
 if __name__ == "__main__" and sys.path:  # noqa: SIM102 - ruff allows only this form first
     if os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
         del sys.path[0]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from failover import __version__, status
+from failover import __version__
 from failover.child import Child, ChildState
 from failover.config import Settings
 from failover.controller import Controller, TickResult
 from failover.errors import FailoverError
-from failover.http import Action
-from failover.metrics import Sample
+from failover.ops import status
+from failover.ops.http import Action
+from failover.ops.metrics import Sample
 
 
 def wall(boot_now: float, boot_t: float | None) -> float | None:

@@ -15,9 +15,9 @@ from typing import Any
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
-from failover.election.base import ClusterFlags, MemberRecord, MemberState, MemberStore
+from failover.backends.zookeeper.conn import ZkConnection
 from failover.errors import BackendUnavailable
-from failover.zkconn import ZkConnection
+from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
 
 PREFIX = "c_"  # contender nodes: c_<node>_<10-digit sequence>
 SEQ_DIGITS = 10

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from failover import proctree
-from failover.election.base import (
+from failover.errors import BackendUnavailable, ConfigError, DuplicateNode, StoreError
+from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
     FenceReport,
@@ -26,8 +26,8 @@ from failover.election.base import (
     MemberState,
     MemberStore,
 )
-from failover.errors import BackendUnavailable, ConfigError, DuplicateNode, StoreError
-from failover.proof import boottime, wake_local, wake_name
+from failover.keeper import proctree
+from failover.keeper.proof import boottime, wake_local, wake_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leader (

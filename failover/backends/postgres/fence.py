@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg2.errors
 
+from failover.backends.postgres.session import Session, one_line
 from failover.errors import BackendUnavailable
-from failover.pg import Session, one_line
 
 Query = Callable[[Any, tuple[Any, ...]], list[tuple[Any, ...]]]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from failover.backends.zookeeper.store import ZkNodes, dump, load
 from failover.dbreach import ReachReport
-from failover.zkstore import ZkNodes, dump, load
 
 
 def _number(value: Any) -> float:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
+from failover.backends.postgres.session import Session, lock_key
 from failover.errors import BackendUnavailable
-from failover.pg import Session, lock_key
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {cluster} (

@@ -23,8 +23,7 @@ from psycopg2 import sql
 
 from failover.dsn import scrub
 from failover.errors import BackendUnavailable
-
-RECONNECT_MAX_SECONDS = 5.0  # cap of the backoff between failed connects
+from failover.interfaces import RECONNECT_MAX_SECONDS
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Is the supervised Airflow scheduler alive? Verdicts from its `job` row heartbeat.
 
-The interface and the pure verdict live here; `airflowdb.py` reads the table.
+The interface and the pure verdict live here; a metadata-DB dialect reads the table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class JobSource(Protocol):
         ...
 
     def newest(self, after_id: int) -> JobRow | None: ...
+
+    def close(self) -> None:
+        """Drop the connection."""
+        ...
 
 
 @dataclass(frozen=True)

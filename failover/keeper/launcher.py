@@ -16,8 +16,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from failover import proctree
 from failover.errors import ChildError, ConfigError
+from failover.keeper import proctree
 
 
 def set_subreaper() -> None:

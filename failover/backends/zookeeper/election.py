@@ -17,9 +17,7 @@ from typing import Any
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
-from failover.election.base import ClusterFlags, ElectionBackend, FenceReport, LeaderInfo
-from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
-from failover.zkstore import (
+from failover.backends.zookeeper.store import (
     PREFIX,
     Breadcrumb,
     Contender,
@@ -31,6 +29,8 @@ from failover.zkstore import (
     pid_alive,
     txn_ok,
 )
+from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
+from failover.interfaces import ClusterFlags, ElectionBackend, FenceReport, LeaderInfo
 
 EPOCH_TRIES = 10
 EXPIRY_GRACE = 2.0  # beyond a session timeout, a same-named node must belong to a live session

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from failover.backends import open_store
 from failover.config import Settings
-from failover.election import open_store
 from failover.errors import FailoverError
 
 

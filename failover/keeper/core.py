@@ -14,7 +14,7 @@ Protocol on the control stream (one line each, ASCII):
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm).
 
 With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
-(failover/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
+(failover/airflow/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
   keeper -> daemon  `WARMING <pid>`   a warm process started
                     `WARM <json>`     ready: {"seconds", "rss_bytes", "airflow", "fingerprint"}
                     `COLD <reason>`   no pre-warm (GO starts the plain command)
@@ -34,10 +34,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from failover import proctree
-from failover.prewarm import parse_with_command
-from failover.proof import LockFileProof, PgSessionProof, Proof, boottime
-from failover.warmkeeper import Warm, airflow_python, wait_for_go
+from failover.airflow.prewarm import parse_with_command
+from failover.keeper import proctree
+from failover.keeper.proof import LockFileProof, PgSessionProof, Proof, boottime
+from failover.keeper.warm import Warm, airflow_python
 
 EXIT_LOCK_BUSY = 3
 EXIT_START_FAILED = 4
@@ -246,7 +246,7 @@ def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
     if python is None:
         keeper.send(f"COLD {why}")
         return None
-    return Warm(keeper, python, args.prewarm_max_age)
+    return Warm(keeper.send, keeper.command, python, args.prewarm_max_age)
 
 
 def _connect(path: str) -> socket.socket:
@@ -279,6 +279,43 @@ def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace |
     os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
     command = list(argv[argv.index("--") :]) if "--" in argv else []
     return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+
+
+def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
+    """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
+    keeper.control.setblocking(False)
+    while keeper.go is None:
+        warm = keeper.warm
+        timeout = 5.0
+        if warm is not None:
+            if not keeper._read_control():  # a GO that is waiting beats a re-warm
+                return "daemon gone before go"
+            if keeper.stop_started is not None or keeper.reason:
+                return "stopped before go"
+            if keeper.go is not None:
+                break
+            now = boottime()
+            keeper._reap()
+            warm.maintain(now)
+            timeout = min(timeout, warm.wait_seconds(now))
+        fds = [keeper.control.fileno(), wake_fd]
+        proof_fd = keeper.proof.fileno() if keeper.proof else None
+        if proof_fd is not None:
+            fds.append(proof_fd)
+        if warm is not None:
+            fds.extend(warm.fds())
+        readable, _, _ = select.select(fds, [], [], timeout)
+        if wake_fd in readable:
+            os.read(wake_fd, 512)
+        if warm is not None and set(warm.fds()) & set(readable):
+            warm.read()
+        if keeper.control.fileno() in readable and not keeper._read_control():
+            return "daemon gone before go"
+        if keeper.stop_started is not None or keeper.reason:
+            return "stopped before go"
+        if keeper.proof is not None and keeper.proof.broken():
+            return "proof-of-life session lost while warm"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -346,8 +383,9 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
         return abandon("run-until deadline passed before start", EXIT_START_FAILED)
     if not keeper._read_control() or keeper.stop_started is not None or keeper.reason:
         return abandon("stopped before start", 0)  # GO and EOF/KILL arrived together
-    if warm is not None and warm.go(_epoch_env(name, epoch)):
-        pass  # the pre-warmed scheduler runs from here
+    warm_child = warm.go(_epoch_env(name, epoch)) if warm is not None else None
+    if warm_child is not None:
+        keeper.child = warm_child  # the pre-warmed scheduler runs from here
     elif not keeper.start(_child_env(name, epoch)):
         return abandon("start failed", EXIT_START_FAILED)
     keeper.run(wake_fd)
@@ -355,12 +393,3 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
     if proof is not None:
         proof.release()
     return 0
-
-
-if __name__ == "__main__":
-    # Once its tree is gone the daemon waits for our exit before it releases leadership:
-    # skip the interpreter's teardown (tens of ms on a busy host); all is closed already.
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

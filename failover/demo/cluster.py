@@ -18,7 +18,7 @@ from pathlib import Path
 
 from failover.config import Settings
 from failover.errors import FailoverError
-from failover.status import cluster_status, render, request_switchover
+from failover.ops.status import cluster_status, render, request_switchover
 
 NODES = ("alpha", "bravo", "charlie")
 LEASE = 3.0
@@ -111,7 +111,7 @@ class Demo:
             "--",
             sys.executable,
             "-m",
-            "failover.standin",
+            "failover.demo.standin",
             str(self.events),
         ]
         with open(self.root / f"{node}.log", "ab") as out:

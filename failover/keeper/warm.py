@@ -1,6 +1,7 @@
 """The keeper's warm standby: a pre-warmed `airflow scheduler` that waits for GO.
 
-Standard library only, like the keeper: failover/prewarm.py runs under Airflow's interpreter.
+Standard library only, like the keeper: failover/airflow/prewarm.py runs under Airflow's
+interpreter.
 """
 
 from __future__ import annotations
@@ -9,20 +10,14 @@ import contextlib
 import hashlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 
-from failover import proctree
-from failover.prewarm import EXIT_FAILED, EXIT_UNSUPPORTED, identity
-from failover.proof import boottime
-
-if TYPE_CHECKING:
-    from failover.keeper import Keeper
-
+from failover.airflow.prewarm import EXIT_FAILED, EXIT_UNSUPPORTED, identity
+from failover.keeper import proctree
+from failover.keeper.proof import boottime
 
 # The body of a pip/setuptools/uv console script for `airflow`: anything else is a wrapper
 # whose own work (env, secrets, sys.path) a pre-warmed start would skip.
@@ -92,10 +87,15 @@ class Warm:
     CHECK_EVERY = 2.0
     SETTLE = 5.0
     WARMUP_LIMIT = 120.0
-    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prewarm.py")
+    SCRIPT = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "airflow", "prewarm.py"
+    )
 
-    def __init__(self, keeper: Keeper, python: str, max_age: float) -> None:
-        self.keeper = keeper
+    def __init__(
+        self, send: Callable[[str], None], command: Sequence[str], python: str, max_age: float
+    ) -> None:
+        self.send = send  # a line to the daemon
+        self.command = list(command)
         self.python = python
         self.max_age = max_age
         self.proc: subprocess.Popen[bytes] | None = None
@@ -126,14 +126,14 @@ class Warm:
         argv = [self.python, self.SCRIPT, "--control-fd", str(go_r), "--status-fd", str(status_w)]
         try:
             self.proc = subprocess.Popen(
-                [*argv, "--", *self.keeper.command],
+                [*argv, "--", *self.command],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(go_r, status_w),
                 preexec_fn=proctree.child_preexec,  # noqa: PLW1509 - the keeper has no threads
             )
         except OSError as err:
             self._close_fds()
-            self.keeper.send(f"COLD cannot start {self.python}: {err.strerror}")
+            self.send(f"COLD cannot start {self.python}: {err.strerror}")
             self._backoff()
             return
         finally:
@@ -144,7 +144,7 @@ class Warm:
         self.changed = None
         self.stopping = False
         self.buffer = b""
-        self.keeper.send(f"WARMING {self.proc.pid}")
+        self.send(f"WARMING {self.proc.pid}")
 
     def _close_fds(self) -> None:
         for fd in (self.control, self.status):
@@ -169,7 +169,7 @@ class Warm:
             self.start_at = float("inf")  # GO starts the plain command
             return
         if code != EXIT_FAILED:
-            self.keeper.send(f"COLD the warm process exited with {code} before GO")
+            self.send(f"COLD the warm process exited with {code} before GO")
         self._backoff()
 
     def read(self) -> None:
@@ -189,7 +189,7 @@ class Warm:
             if word == "READY" and self.proc is not None:
                 self._ready(arg)
             elif word == "COLD":
-                self.keeper.send(f"COLD {arg}")
+                self.send(f"COLD {arg}")
 
     def _ready(self, payload: str) -> None:
         assert self.proc is not None
@@ -209,7 +209,7 @@ class Warm:
             "airflow": info.get("airflow"),
             "fingerprint": self.print,
         }
-        self.keeper.send("WARM " + json.dumps(report))
+        self.send("WARM " + json.dumps(report))
         if identity(self.watch[: len(seen)]) != seen:
             self.changed = (self.print, self.ready_at)  # read while they changed: re-warm
 
@@ -221,7 +221,7 @@ class Warm:
             return
         if self.ready_at is None:
             if now - self.started_at >= self.WARMUP_LIMIT:
-                self.keeper.send(f"COLD the warm-up hung for {self.WARMUP_LIMIT:g} s")
+                self.send(f"COLD the warm-up hung for {self.WARMUP_LIMIT:g} s")
                 self.stop()
                 self._backoff()
             return
@@ -246,7 +246,7 @@ class Warm:
         return max(0.0, self.next_check - now)
 
     def restart(self, reason: str) -> None:
-        self.keeper.send(f"REWARM {reason}")
+        self.send(f"REWARM {reason}")
         self.stop()
         self.start()
 
@@ -267,54 +267,16 @@ class Warm:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5.0)  # else the keeper's own exit path kills its tree
 
-    def go(self, env: Mapping[str, str]) -> bool:
-        """Hand the warm process the start: it becomes the keeper's child. False if gone."""
+    def go(self, env: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
+        """Hand the warm process the start: it becomes the keeper's child. None if gone."""
         proc = self.proc
         if proc is None:
-            return False
+            return None
         try:
             os.write(self.control, b"GO " + json.dumps(dict(env)).encode() + b"\n")
         except OSError:
-            return False  # it died just now; the reaper reports it
+            return None  # it died just now; the reaper reports it
         self.proc = None
         self._close_fds()
-        self.keeper.child = proc
-        self.keeper.send(f"STARTED {proc.pid}")
-        return True
-
-
-def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
-    """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
-    keeper.control.setblocking(False)
-    while keeper.go is None:
-        warm = keeper.warm
-        timeout = 5.0
-        if warm is not None:
-            if not keeper._read_control():  # a GO that is waiting beats a re-warm
-                return "daemon gone before go"
-            if keeper.stop_started is not None or keeper.reason:
-                return "stopped before go"
-            if keeper.go is not None:
-                break
-            now = boottime()
-            keeper._reap()
-            warm.maintain(now)
-            timeout = min(timeout, warm.wait_seconds(now))
-        fds = [keeper.control.fileno(), wake_fd]
-        proof_fd = keeper.proof.fileno() if keeper.proof else None
-        if proof_fd is not None:
-            fds.append(proof_fd)
-        if warm is not None:
-            fds.extend(warm.fds())
-        readable, _, _ = select.select(fds, [], [], timeout)
-        if wake_fd in readable:
-            os.read(wake_fd, 512)
-        if warm is not None and set(warm.fds()) & set(readable):
-            warm.read()
-        if keeper.control.fileno() in readable and not keeper._read_control():
-            return "daemon gone before go"
-        if keeper.stop_started is not None or keeper.reason:
-            return "stopped before go"
-        if keeper.proof is not None and keeper.proof.broken():
-            return "proof-of-life session lost while warm"
-    return None
+        self.send(f"STARTED {proc.pid}")
+        return proc

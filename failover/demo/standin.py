@@ -1,6 +1,6 @@
 """A harmless stand-in for `airflow scheduler`: logs start and stop, then idles.
 
-`python -m failover.standin [LOGFILE]`; used by `failover demo` and the tests.
+`python -m failover.demo.standin [LOGFILE]`; used by `failover demo` and the tests.
 """
 
 from __future__ import annotations

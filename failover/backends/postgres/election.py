@@ -14,12 +14,12 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
+from failover.backends.postgres.fence import older_sessions, terminate
+from failover.backends.postgres.schema import ensure_schema
+from failover.backends.postgres.session import Session, SessionTimings, lock_key, split_key
 from failover.dsn import dsn_with_password
-from failover.election.base import ElectionBackend, FenceReport, LeaderInfo
 from failover.errors import BackendUnavailable
-from failover.pg import Session, SessionTimings, lock_key, split_key
-from failover.pgfence import older_sessions, terminate
-from failover.pgschema import ensure_schema
+from failover.interfaces import ElectionBackend, FenceReport, LeaderInfo
 
 HOLDER_SQL = """
 SELECT l.pid, a.application_name, a.state,

@@ -10,9 +10,9 @@ from typing import Any
 
 from psycopg2 import sql
 
-from failover.election.base import ClusterFlags, MemberRecord, MemberState, MemberStore
-from failover.pg import Session, SessionTimings
-from failover.pgschema import ensure_schema, tables
+from failover.backends.postgres.schema import ensure_schema, tables
+from failover.backends.postgres.session import Session, SessionTimings
+from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
 
 
 class PostgresMembers(MemberStore):

@@ -1,12 +1,23 @@
-"""The election backend interface and the member store interface.
-
-Three-way outcomes: True (done), False (someone else / answered no), `BackendUnavailable`.
+"""What the controller and daemon need from a backend: election, member store, metadata DB,
+and the entry each backend package registers. Three-way outcomes: True (done), False
+(someone else / answered no), `BackendUnavailable` (could not ask).
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from failover.airflow.health import JobSource
+    from failover.config import Settings
+    from failover.dbreach import ReachBoard
+
+# A metadata-DB session that failed to connect tries again at most this long after (its
+# backoff's cap); DB-reachability rules wait longer than this before trusting a reconnect.
+RECONNECT_MAX_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -155,3 +166,51 @@ class MemberStore(abc.ABC):
 
     def close(self) -> None:
         """Drop connections."""
+
+
+class MetadataDB(abc.ABC):
+    """Airflow's metadata DB as the controller uses it, one dialect per database (chosen by
+    the DSN's scheme): the controller's own tables, Airflow's `job` rows, older epochs'
+    sessions. Each part opens its own session; nothing connects before it is asked for."""
+
+    @abc.abstractmethod
+    def members(self) -> MemberStore:
+        """The member / history / flag tables (one store per MetadataDB, made on first use)."""
+
+    @abc.abstractmethod
+    def jobs(self, hostname: str | None, on_released: Callable[[int], None] | None) -> JobSource:
+        """Airflow's `job` table; `on_released` (if set) is told how many dead schedulers' rows
+        were marked failed before our scheduler starts (orphan release)."""
+
+    @abc.abstractmethod
+    def sweep(self) -> Callable[[int], int]:
+        """Ends the DB sessions of epochs older than the argument and returns how many; runs
+        on the members' session (ZooKeeper mode: the keeper holds no DB session)."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a backend package builds for a daemon."""
+
+    election: ElectionBackend
+    members: MemberStore
+    reach: ReachBoard | None = None  # who reaches the metadata DB (ZooKeeper mode), if used
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The one entry point of a backend package (its `BACKEND`), found through the registry.
+
+    `build` makes a daemon's parts; `open_store` only the member store (for `status`, `pause`
+    and `switchover` from any host); `metadata` the metadata-DB dialect for the DSN schemes in
+    `schemes`, when this package speaks one. Optional: `read_store`, the member store for
+    read-only commands, creating nothing (default: `open_store`); `check`, the backend's
+    start-up checks of `failover run`, without side effects (also run by `check-config`)."""
+
+    name: str
+    build: Callable[[Settings], Parts]
+    open_store: Callable[[Settings], MemberStore]
+    metadata: Callable[[Settings, str], MetadataDB] | None = None
+    schemes: tuple[str, ...] = ()
+    read_store: Callable[[Settings], MemberStore] | None = None
+    check: Callable[[Settings], None] | None = None
