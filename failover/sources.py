@@ -9,14 +9,11 @@ import dataclasses
 import difflib
 import json
 import os
-import re
 import shlex
 import subprocess
-import sys
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from failover.config import SECTIONS, Settings, validate
@@ -29,11 +26,7 @@ from failover.dsn import (
     redact_dsn,
 )
 from failover.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from failover.tomlfile import key_origins, read_toml
 
 ENV_PREFIX = "FAILOVER_"
 # Env names that are not settings: set for children, or read by other tools (scripts/test).
@@ -88,8 +81,8 @@ def _load(
     path = config_path or env.get("FAILOVER_CONFIG")
     from_file: dict[str, Any] = {}
     if path:
-        from_file, text = _read_toml(path)
-        origins.update(_file_origins(path, from_file, text))
+        from_file, text = read_toml(path)
+        origins.update(key_origins(path, from_file, text))
         _merge(raw, from_file, "file")
     _merge(raw, _from_env(env, origins), "env")
     for key, value in overrides.items():
@@ -113,28 +106,6 @@ def _load(
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
     return validate(settings.replace(warnings=tuple(warnings)))
-
-
-TOML_TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
-TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*=")
-
-
-def _file_origins(path: str, data: Mapping[str, Any], text: str) -> dict[str, str]:
-    """Dotted key -> `key (FILE line N)` for every key of the file (line when found)."""
-    lines: dict[str, int] = {}
-    table = ""
-    for number, line in enumerate(text.splitlines(), 1):
-        if found := TOML_TABLE.match(line):
-            table = found.group(1)
-        elif found := TOML_KEY.match(line):
-            lines.setdefault(f"{table}.{found.group(1)}" if table else found.group(1), number)
-    origins: dict[str, str] = {}
-    for key, value in data.items():
-        dotted = [f"{key}.{sub}" for sub in value] if isinstance(value, Mapping) else [key]
-        for name in dotted:
-            where = f"{path} line {lines[name]}" if name in lines else path
-            origins[name] = f"{name} ({where})"
-    return origins
 
 
 def _check_prewarm(settings: Settings, warnings: list[str]) -> None:
@@ -225,22 +196,6 @@ def _check_postgres(settings: Settings, warnings: list[str]) -> None:
                 f"{label}: sslmode=disable to remote host {info.host}: credentials and data "
                 "travel in clear text (use sslmode=verify-full)"
             )
-
-
-def _read_toml(path: str) -> tuple[dict[str, Any], str]:
-    try:
-        text = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            "--config", f"cannot read {path}: {err.strerror}", "check the path and permissions"
-        ) from err
-    try:
-        decoded = text.decode("utf-8")
-        return tomllib.loads(decoded), decoded
-    except UnicodeDecodeError as err:
-        raise ConfigError("--config", f"{path} is not UTF-8 text", "save it as UTF-8") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("--config", f"{path} is not valid TOML: {err}", "fix the syntax") from err
 
 
 def _from_env(env: Mapping[str, str], origins: dict[str, str]) -> dict[str, Any]:
