@@ -1,7 +1,8 @@
 """The `failover` command: run, status, switchover, pause, resume, check-config, demo, version.
 
-Exit codes: 0 ok; 1 runtime failure (or `status`: no healthy leader, `check-config`: invalid);
-2 usage or configuration error (`status`: cannot read the cluster); 3 duplicate node name.
+Exit codes: 0 ok; 1 runtime failure (`status`: no healthy leader; `check-config`: anything
+`run` would refuse); 2 usage or configuration error (`status`: cannot read the cluster);
+3 duplicate node name.
 """
 
 from __future__ import annotations
