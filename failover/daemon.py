@@ -30,10 +30,10 @@ from failover.keeper import proctree
 from failover.keeper.launcher import KeeperLauncher, SidecarLauncher
 from failover.keeper.proof import boottime
 from failover.ops import publish
-from failover.ops.http import Board, Server, read_token
+from failover.ops.http import Board, Server
 from failover.ops.metrics import Metrics
 from failover.ops.sdnotify import Notifier
-from failover.sources import check_private_file
+from failover.preflight import startup_checks
 
 REPEAT_SENTENCE_SECONDS = 60.0
 
@@ -165,7 +165,7 @@ class Daemon:
         self.on_tick = on_tick
         self.notify = Notifier()
         check_watchdog(self.notify.watchdog_seconds, settings)
-        token = read_token(settings.http.token_file, settings.allow_insecure_permissions)
+        token = startup_checks(settings, os.environ)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(
             self.registry, __version__, settings.backend, settings.node, settings.cluster
@@ -175,11 +175,6 @@ class Daemon:
         if settings.http.listen:
             tls = None
             if settings.http.tls_cert_file and settings.http.tls_key_file:
-                check_private_file(
-                    settings.http.tls_key_file,
-                    "http.tls_key_file",
-                    settings.allow_insecure_permissions,
-                )
                 tls = (settings.http.tls_cert_file, settings.http.tls_key_file)
             self.http = Server(
                 settings.http.listen,
@@ -189,9 +184,6 @@ class Daemon:
                 publish.actions(settings),
                 tls,
             )
-        missing = airflow_settings.airflow_on_path(settings.command, os.environ)
-        if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
-            raise ConfigError("command", missing, "install it or fix the command")
         parts = open_backend(settings)
         self.backend, self.store = parts.election, parts.members
         self.health = _health_source(settings)

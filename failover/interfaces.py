@@ -210,10 +210,14 @@ class Backend:
 
     `build` makes a daemon's parts; `open_store` only the member store (for `status`, `pause`
     and `switchover` from any host); `metadata` the metadata-DB dialect for the DSN schemes in
-    `schemes`, when this package speaks one."""
+    `schemes`, when this package speaks one. Optional: `read_store`, the member store for
+    read-only commands, creating nothing (default: `open_store`); `check`, the backend's
+    start-up checks of `failover run`, without side effects (also run by `check-config`)."""
 
     name: str
     build: Callable[[Settings], Parts]
     open_store: Callable[[Settings], MemberStore]
     metadata: Callable[[Settings, str], MetadataDB] | None = None
     schemes: tuple[str, ...] = ()
+    read_store: Callable[[Settings], MemberStore] | None = None
+    check: Callable[[Settings], None] | None = None

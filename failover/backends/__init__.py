@@ -33,9 +33,20 @@ def open_backend(settings: Settings) -> Parts:
     return backend(settings.backend).build(settings)
 
 
-def open_store(settings: Settings) -> MemberStore:
-    """The member store alone (for `status`, `pause`, `switchover` from any host)."""
-    return backend(settings.backend).open_store(settings)
+def open_store(settings: Settings, read_only: bool = False) -> MemberStore:
+    """The member store alone (for `status`, `pause`, `switchover` from any host);
+    `read_only`: one that creates nothing (the local backend: no directory, no SQLite file)."""
+    entry = backend(settings.backend)
+    if read_only and entry.read_store is not None:
+        return entry.read_store(settings)
+    return entry.open_store(settings)
+
+
+def startup_check(settings: Settings) -> None:
+    """The backend's own start-up checks of `failover run`, without side effects."""
+    entry = backend(settings.backend)
+    if entry.check is not None:
+        entry.check(settings)
 
 
 def dsn_scheme(dsn: str) -> str:

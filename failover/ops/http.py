@@ -77,7 +77,7 @@ def read_token(path: str | None, allow_insecure: bool = False) -> str | None:
     return token
 
 
-def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -123,7 +123,7 @@ class Server:
             ) from err
         self.httpd.daemon_threads = True
         if tls is not None:
-            self.httpd.socket = _tls_context(*tls).wrap_socket(
+            self.httpd.socket = tls_context(*tls).wrap_socket(
                 self.httpd.socket, server_side=True, do_handshake_on_connect=False
             )  # the handshake happens in the request thread: a slow client blocks no one
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)

@@ -14,7 +14,8 @@ from failover.errors import FailoverError
 
 
 def cluster_status(settings: Settings) -> dict[str, Any]:
-    store = open_store(settings)
+    """The cluster table; reads only (a local store that does not exist is an error)."""
+    store = open_store(settings, read_only=True)
     try:
         members = store.members()
         flags = store.flags()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
+from failover.errors import BackendUnavailable, ConfigError, DuplicateNode, StoreError
 from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
@@ -62,8 +62,18 @@ def _lock_is_held(path: Path) -> bool:
 class LocalStore:
     """The SQLite file shared by every daemon of one cluster on this host."""
 
-    def __init__(self, directory: str, cluster: str, timeout: float) -> None:
+    def __init__(
+        self, directory: str, cluster: str, timeout: float, read_only: bool = False
+    ) -> None:
+        """`read_only` (status): create nothing; a store no daemon has made is an error."""
         self.dir = Path(directory)
+        self.cluster = cluster
+        self.db_path = self.dir / f"{cluster}.db"
+        if read_only and not self.db_path.is_file():
+            raise StoreError(
+                f"{self.db_path} does not exist: no daemon of this cluster has run with this "
+                "[local] dir (check --cluster and --set local.dir=DIR)"
+            )
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as err:
@@ -72,12 +82,11 @@ class LocalStore:
                 f"cannot create {self.dir}: {err.strerror}",
                 "pick a writable directory",
             ) from err
-        self.cluster = cluster
-        self.db_path = self.dir / f"{cluster}.db"
         try:
             self.db = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise BackendUnavailable(f"local store {self.db_path}: {err}") from err
 

@@ -53,4 +53,12 @@ def open_store(settings: Settings) -> MemberStore:
     return ZooKeeperMembers(ZkNodes(conn), owns_conn=True)
 
 
-BACKEND = Backend("zookeeper", build, open_store)
+def check(settings: Settings) -> None:
+    """The digest credentials file is readable and holds user:password."""
+    if settings.zookeeper.auth_file:
+        from failover.backends.zookeeper.conn import read_auth_file
+
+        read_auth_file(settings.zookeeper.auth_file)
+
+
+BACKEND = Backend("zookeeper", build, open_store, check=check)
