@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -222,6 +223,22 @@ def bench_partition(backend: str, runs: int, zk_hosts: str | None = None) -> lis
             cluster.stop_all()
 
 
+def start_servers(backends: list[str]) -> tuple[Any, Any]:
+    """The PostgreSQL and ZooKeeper servers the backends need (None where not needed)."""
+    pg = zk = None
+    if "postgres" in backends:
+        from tests.servers import PostgresServer
+
+        pg = PostgresServer()
+        pg.start()
+    if "zookeeper" in backends:
+        from tests.servers import ZooKeeperServer
+
+        zk = ZooKeeperServer(tick_time_ms=200, max_session_timeout_ms=20000)
+        zk.start()
+    return pg, zk
+
+
 def row(backend: str, scenario: str, values: list[float]) -> str:
     if not values:
         return f"| {backend} | {scenario} | - | n/a | n/a | n/a | n/a | one host, no network |"
@@ -240,24 +257,13 @@ def main() -> int:
     p.add_argument("--scenarios", default="graceful,kill9,kill9child,sigstop,partition")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "takeover.md"))
     args = p.parse_args()
-    server = None
     backends = args.backends.split(",")
+    server, zk = start_servers(backends)
     make_dsn = None
-    if "postgres" in backends:
-        from tests.servers import PostgresServer
-
-        server = PostgresServer()
-        server.start()
+    if server is not None:
         counter = iter(range(1000))
         make_dsn = lambda: server.create_database(f"bench_{next(counter)}")  # noqa: E731
-    zk = None
-    zk_hosts = None
-    if "zookeeper" in backends:
-        from tests.servers import ZooKeeperServer
-
-        zk = ZooKeeperServer(tick_time_ms=200, max_session_timeout_ms=20000)
-        zk.start()
-        zk_hosts = zk.hosts
+    zk_hosts = zk.hosts if zk is not None else None
     lines = [
         f"Takeover latency, seconds ({platform.node()}: {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, lease {LEASE:g} s, loop 1 s, "

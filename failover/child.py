@@ -240,7 +240,7 @@ class Child:
 
     def hand_session(self, line: str | None) -> None:
         """Give the running child's keeper the backend session to end once the daemon died
-        and the tree is gone (ZooKeeper, see zksession.py); never a warm keeper's."""
+        and the tree is gone (ZooKeeper: keeper/zksession.py); never a warm keeper's."""
         if line and self.link is not None and not self.gone:
             self.link.send(line)
 

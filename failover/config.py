@@ -15,6 +15,7 @@ from typing import Any
 
 from failover.errors import ConfigError
 
+# The backend names settings accept; each has a package in failover/backends/ (the registry).
 BACKENDS = ("local", "postgres", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -227,7 +228,9 @@ def validate(settings: Settings) -> Settings:
                 "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
             )
     if s.backend not in BACKENDS:
-        raise ConfigError("backend", f"unknown backend {s.backend!r}", f"use one of {BACKENDS}")
+        raise ConfigError(
+            "backend", f"unknown backend {s.backend!r}", f"use one of {', '.join(BACKENDS)}"
+        )
     longest = f"failover:{s.cluster}:{s.node}:{10**9 - 1}:keeper"  # an epoch of 9 digits
     room = PG_NAME_BYTES - len(longest.encode()) + len(s.cluster) + len(s.node)
     if (s.backend == "postgres" or s.metadata_dsn) and len(longest.encode()) > PG_NAME_BYTES:
@@ -277,7 +280,7 @@ def validate(settings: Settings) -> Settings:
         )
     if s.log.format not in LOG_FORMATS:
         raise ConfigError(
-            "log.format", f"unknown format {s.log.format!r}", f"use one of {LOG_FORMATS}"
+            "log.format", f"unknown format {s.log.format!r}", f"use one of {', '.join(LOG_FORMATS)}"
         )
     if s.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(

@@ -11,11 +11,9 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from failover.config import SECTIONS, Settings, validate
@@ -28,15 +26,18 @@ from failover.dsn import (
     redact_dsn,
 )
 from failover.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from failover.tomlfile import key_origins, read_toml
 
 ENV_PREFIX = "FAILOVER_"
-# Env names that are not settings: set for children, or read by other tools.
-ENV_IGNORED = {"FAILOVER_CONFIG", "FAILOVER_EPOCH", "FAILOVER_NODE_ROLE", "FAILOVER_CLUSTER_ROLE"}
+# Env names that are not settings: set for children, or read by other tools (scripts/test).
+ENV_IGNORED = {
+    "FAILOVER_CONFIG",
+    "FAILOVER_EPOCH",
+    "FAILOVER_NODE_ROLE",
+    "FAILOVER_CLUSTER_ROLE",
+    "FAILOVER_SKIP_SETUP",
+    "FAILOVER_VENV",
+}
 ENV_IGNORED_PREFIXES = ("FAILOVER_TEST_", "FAILOVER_KEEPER_")
 AIRFLOW_CONN_VARS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN")
 
@@ -53,16 +54,39 @@ def load_settings(
     config_path: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Layer the sources, resolve the metadata DSN, validate, return the settings."""
+    """Layer the sources, resolve the metadata DSN, validate, return the settings.
+
+    An error names the setting as the user wrote it: its env var, file and line, or its
+    override's label (`labels[key]`, e.g. `--node`; default `--set KEY`)."""
     env = os.environ if env is None else env
+    origins: dict[str, str] = {}
+    try:
+        return _load(config_path, env, overrides or {}, labels or {}, origins)
+    except ConfigError as err:
+        if err.source != err.field or err.field not in origins:
+            raise
+        raise err.from_source(origins[err.field]) from err
+
+
+def _load(
+    config_path: str | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    labels: Mapping[str, str],
+    origins: dict[str, str],
+) -> Settings:
     raw: dict[str, Any] = {}
     path = config_path or env.get("FAILOVER_CONFIG")
+    from_file: dict[str, Any] = {}
     if path:
-        from_file = _read_toml(path)
+        from_file, text = read_toml(path)
+        origins.update(key_origins(path, from_file, text))
         _merge(raw, from_file, "file")
-    _merge(raw, _from_env(env), "env")
-    for key, value in (overrides or {}).items():
+    _merge(raw, _from_env(env, origins), "env")
+    for key, value in overrides.items():
+        origins[key] = labels.get(key, f"--set {key}")
         _merge(raw, _nest(key, value), "cli")
     warnings: list[str] = []
     settings = _resolve_aws(_build(raw), env)
@@ -174,22 +198,7 @@ def _check_postgres(settings: Settings, warnings: list[str]) -> None:
             )
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        text = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            "--config", f"cannot read {path}: {err.strerror}", "check the path and permissions"
-        ) from err
-    try:
-        return tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError("--config", f"{path} is not UTF-8 text", "save it as UTF-8") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("--config", f"{path} is not valid TOML: {err}", "fix the syntax") from err
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(env: Mapping[str, str], origins: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in ENV_IGNORED:
@@ -204,6 +213,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if sub not in known or sub in SECTIONS:
             raise _unknown(name, sub, [k for k in known if k not in SECTIONS])
         _merge(out, _nest(key, value, env_name=name), "env")
+        origins[key] = name
     return out
 
 

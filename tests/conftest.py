@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -29,6 +31,26 @@ except ImportError:  # tests/ itself is on sys.path (rootdir conftest import)
     import servers  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 T = TypeVar("T")
+
+
+_SESSION_TMPDIR: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process the tests start gets TMPDIR = one directory of this session, removed at its
+    end: a SIGKILLed Airflow scheduler leaves its multiprocessing `pymp-*` directories there,
+    not in /tmp. This process keeps /tmp (tempfile caches it first), so pytest's own
+    `tmp_path` directories stay where they are."""
+    tempfile.gettempdir()
+    path = tempfile.mkdtemp(prefix="failover-tests-")
+    _SESSION_TMPDIR.append(path)
+    os.environ["TMPDIR"] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _SESSION_TMPDIR:
+        shutil.rmtree(path, ignore_errors=True)
+    _SESSION_TMPDIR.clear()
 
 
 def _unavailable(exc: Exception) -> NoReturn:

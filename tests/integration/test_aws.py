@@ -14,8 +14,8 @@ pytest.importorskip("boto3", reason="the aws extra (boto3, moto) is part of the 
 from moto.server import ThreadedMotoServer
 
 from failover import aws
+from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import ConfigError
-from failover.pg import Session, SessionTimings
 from failover.sources import load_settings
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from failover.launcher import KeeperLauncher
-from failover.proof import boottime
-from failover.zksession import Ticket, end_session
+from failover.keeper.launcher import KeeperLauncher
+from failover.keeper.proof import boottime
+from failover.keeper.zksession import Ticket, end_session
 
 from ..harness import PROBE, alive, read_records, tagged_processes, wait_until
 from .test_keeper import lines_until
@@ -114,8 +114,8 @@ def test_keeper_leaves_a_live_daemons_session_alone(
 
 FAKE_DAEMON = """
 import os, sys, time
-from failover.launcher import KeeperLauncher
-from failover.proof import boottime
+from failover.keeper.launcher import KeeperLauncher
+from failover.keeper.proof import boottime
 link = KeeperLauncher().launch(sys.argv[2:], dict(os.environ), 5.0, ("--name", "failover:t:k"))
 link.send(f"GO 1 {boottime() + 60:.6f}")
 link.send(sys.stdin.readline().strip())

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from failover.child import Child, ChildPolicy
 from failover.controller import Controller, Timings
-from failover.election.base import (
+from failover.errors import BackendUnavailable
+from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
     FenceReport,
@@ -16,7 +17,6 @@ from failover.election.base import (
     MemberState,
     MemberStore,
 )
-from failover.errors import BackendUnavailable
 
 
 class FakeClock:
@@ -140,8 +140,12 @@ class FakeStore(MemberStore):
             switchover_to=to_node or "", switchover_from=from_node, switchover_age=0.0
         )
 
-    def clear_switchover(self) -> None:
-        self.cluster_flags = ClusterFlags(paused=self.cluster_flags.paused)
+    def clear_switchover(self, result: str = "") -> None:
+        self.cluster_flags = ClusterFlags(
+            paused=self.cluster_flags.paused,
+            switchover_age=0.0,
+            switchover_result=result or None,
+        )
 
 
 class FakeLink:

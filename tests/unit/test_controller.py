@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from failover.airflow.health import Health, JobRow
 from failover.child import ChildState
 from failover.controller import Role
-from failover.election.base import ClusterFlags, MemberState
-from failover.health import Health, JobRow
+from failover.interfaces import ClusterFlags, MemberState
 
 from .fakes import FakeClock, FakeJobs, FakeStore, Rig, SharedLease, make_rig
 

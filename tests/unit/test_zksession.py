@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from failover.zksession import CHECK, SET_DATA, WORD, Ticket, multi_errors, multi_request
+from failover.keeper.zksession import CHECK, SET_DATA, WORD, Ticket, multi_errors, multi_request
 
 TICKET = Ticket(
     hosts=(("zk1", 2181), ("10.0.0.2", 2182)),
