@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from failover.errors import ChildError
+from failover.group import Component
+from failover.keeper.group import component_arg
 
 
 class ChildState(enum.Enum):
@@ -127,8 +129,12 @@ class Child:
         command: Sequence[str],
         policy: ChildPolicy,
         warm_args: Sequence[str] = (),
+        sides: Sequence[Component] = (),
+        name: str = "scheduler",
     ) -> None:
         self.launcher = launcher
+        self.name = name  # the main component's name (the scheduler in a group)
+        self.sides = {c.name: c for c in sides}  # side components, in group order
         self.command = tuple(command)
         self.policy = policy
         self.warm_args = tuple(warm_args)  # extra keeper options for warm keepers (--prewarm)
@@ -151,6 +157,7 @@ class Child:
         self.warm_failures = 0
         self.warm_retry_at = 0.0
         self.warm_error = ""
+        self.give_up = ""  # a side component's crash loop: the group counts as FAILED
 
     @property
     def gone(self) -> bool:
@@ -166,11 +173,18 @@ class Child:
         """No keeper at all, and not backing off after a warm keeper died."""
         return self.warm is None and self.gone and now >= self.warm_retry_at
 
+    def _group_args(self) -> list[str]:
+        return [
+            a
+            for c in self.sides.values()
+            for a in ("--component", component_arg(c.name, c.command))
+        ]
+
     def prepare(self, now: float, env: Mapping[str, str], keeper_args: Sequence[str]) -> None:
         """Start a warm keeper (imports done, proof session open) so a start costs ~1 ms."""
         if not self.wants_warm(now):
             return
-        args = (*keeper_args, *self.warm_args)
+        args = (*keeper_args, *self._group_args(), *self.warm_args)
         self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         self.warm_ready = False
 
@@ -225,8 +239,11 @@ class Child:
         self.warm_ready = False
         self.prewarm.gone()  # promoted (or never there): no warm process any more
         if link is None:
-            link = self.launcher.launch(self.command, env, self.policy.stop_timeout, keeper_args)
+            args = (*keeper_args, *self._group_args())
+            link = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         link.send(f"GO {epoch} {run_until:.6f}")
+        for side in self.sides.values():
+            side.launched(now)
         self.link = link
         self.state = ChildState.STARTING
         self.epoch = epoch
@@ -273,9 +290,49 @@ class Child:
         self.stop(hard=True)
         self.stop_requested = False  # not an orderly stop: _gone() accounts it as a failure
 
+    def fail_component(self, name: str, reason: str) -> None:
+        """Kill one hung side component; it is restarted after its backoff (or, when it
+        keeps failing, the group is given up); the main command goes through `fail`."""
+        side = self.sides.get(name)
+        if side is None:
+            self.fail(reason)
+        elif self.link is not None and side.state == "running" and not self.stop_sent:
+            side.failing = reason
+            self.link.send(f"KILL {name}")
+
+    def _restart_sides(self, now: float) -> None:
+        if self.link is None or self.state is not ChildState.RUNNING or self.stop_sent:
+            return
+        for side in self.sides.values():
+            if side.state == "backoff" and now >= side.backoff_until:
+                side.launched(now)
+                side.restarts += 1
+                self.link.send(f"RESTART {side.name}")
+
+    def _side_line(self, now: float, word: str, arg: str, name: str) -> None:
+        side = self.sides[name]
+        if word == "STARTED" and arg.isdigit():
+            side.pid, side.state = int(arg), "running"
+            return
+        side.exit_code = int(arg) if arg.lstrip("-").isdigit() else None
+        if self.stop_sent or self.state is not ChildState.RUNNING:
+            side.state, side.pid = "stopped", None
+            return
+        policy = self.policy
+        backoff = (policy.backoff_initial, policy.backoff_max)
+        why = side.failing or f"exited with {side.exit_code}"
+        self.last_event = f"component {name} {why}"
+        if side.exited(now, side.exit_code or 0, policy.fast_failure_seconds, backoff) >= (
+            policy.max_fast_failures
+        ):
+            self.give_up = f"component {name} crash loop ({why})"
+            self.fail(self.give_up)
+
     def reset_failures(self) -> None:
         """Forget the crash history (after leadership was given up and regained)."""
         self.fast_failures = 0
+        for side in self.sides.values():
+            side.fast_failures = 0
         if self.state in (ChildState.FAILED, ChildState.BACKOFF):
             self.state = ChildState.STOPPED
 
@@ -287,10 +344,15 @@ class Child:
         lines = self.link.read_lines()
         for line in lines:
             self._on_line(now, line)
+        self._restart_sides(now)
         return lines
 
     def _on_line(self, now: float, line: str) -> None:
         word, _, arg = line.partition(" ")
+        value, _, name = arg.partition(" ")
+        if word in ("STARTED", "EXITED") and name in self.sides:
+            self._side_line(now, word, value, name)
+            return
         if word == "STARTED" and self.state is ChildState.STARTING:
             self.pid = int(arg)
             self.state = ChildState.RUNNING
@@ -312,6 +374,12 @@ class Child:
         self.link = None
         self.pid = None
         self.last_event = f"child tree gone: {reason}"
+        for side in self.sides.values():
+            side.state, side.pid, side.health = "stopped", None, "unknown"
+        if self.give_up:
+            self.last_event, self.give_up = f"child killed: {self.give_up}", ""
+            self.state = ChildState.FAILED
+            return
         if self.stop_requested:
             self.state = ChildState.STOPPED
             return

@@ -19,6 +19,7 @@ from failover.errors import ConfigError
 BACKENDS = ("local", "postgres", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+COMPONENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 ZK_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 
@@ -146,6 +147,13 @@ class AirflowSettings:
     prewarm_max_age_hours: float = field(
         default=6.0, metadata=_doc("re-warm the waiting scheduler after this long (0 = never)")
     )
+    components: tuple[tuple[str, tuple[str, ...]], ...] = field(
+        default=(),
+        metadata=_doc(
+            "the leader-only group, name -> argv (e.g. scheduler and dag-processor on "
+            "Airflow 3); replaces `command`; the scheduler is started and stopped first"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,16 @@ class Settings:
     @property
     def lock_dsn(self) -> str | None:
         return self.postgres.dsn or self.metadata_dsn
+
+    @property
+    def group(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The leader-only group, main command first: `[airflow] components` with the
+        scheduler moved to the front, else `command` as a group of one."""
+        comps = self.airflow.components
+        if not comps:
+            return (("scheduler", self.command),)
+        first = [c for c in comps if c[0] == "scheduler"] or [comps[0]]
+        return (first[0], *[c for c in comps if c is not first[0]])
 
     @property
     def self_fence_seconds(self) -> float:
@@ -243,6 +261,7 @@ def validate(settings: Settings) -> Settings:
         )
     if not s.command or not s.command[0]:
         raise ConfigError("command", "is empty", 'give the child, e.g. ["airflow", "scheduler"]')
+    _validate_components(s)
     if not PREFIX_RE.match(s.table_prefix):
         raise ConfigError(
             "table_prefix", f"{s.table_prefix!r} is not a safe SQL prefix", "use [a-z_]"
@@ -287,6 +306,28 @@ def validate(settings: Settings) -> Settings:
             "log.level", f"unknown level {s.log.level!r}", "use debug/info/warning/error"
         )
     return s
+
+
+def _validate_components(s: Settings) -> None:
+    comps = s.airflow.components
+    if not comps:
+        return
+    if s.command != ("airflow", "scheduler"):
+        raise ConfigError(
+            "airflow.components",
+            "is set together with command (or -- CMD)",
+            "put every command into [airflow.components], or use command alone",
+        )
+    names = [name for name, _ in comps]
+    for name, argv in comps:
+        if not COMPONENT_RE.match(name) or not argv or not argv[0]:
+            raise ConfigError(
+                "airflow.components",
+                f"component {name!r} needs a name of [a-z0-9_-] and a non-empty argv",
+                'e.g. scheduler = ["airflow", "scheduler"]',
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError("airflow.components", "a name appears twice", "name each once")
 
 
 def _validate_timings(s: Settings) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from failover import __version__
+from failover import __version__, group
 from failover.airflow.health import Health, HealthPolicy, JobSource, Verdict, judge
 from failover.child import Child, ChildState, child_env
 from failover.dbreach import DbReach
@@ -49,6 +49,7 @@ class Controller(Standby):
         self.health = health
         self.health_policy = health_policy or HealthPolicy(threshold=30.0, startup_grace=60.0)
         self.verdict = Verdict(Health.UNKNOWN, "no health check")
+        self.side_policies: dict[str, HealthPolicy] = {}  # job_type -> its threshold
         self.job_baseline: int | None = None
         self.role = Role.STANDBY
         self.epoch = 0
@@ -264,6 +265,9 @@ class Controller(Standby):
         if child.state is ChildState.RUNNING and self._check_health(now) is Health.HUNG:
             child.fail(self.verdict.detail)
             return f"leader with epoch {self.epoch}: {self.verdict.detail}: killing the child", None
+        hung = self._check_sides(now) if child.state is ChildState.RUNNING else None
+        if hung:
+            return f"leader with epoch {self.epoch}: {hung}", None
         return f"no action: I am the leader with epoch {self.epoch}{self._db_note(now)}", None
 
     def _check_health(self, now: float) -> Health:
@@ -285,6 +289,30 @@ class Controller(Standby):
         running_for = now - (self.child.started_at or now)
         self.verdict = judge(row, running_for, self.health_policy)
         return self.verdict.health
+
+    def _check_sides(self, now: float) -> str | None:
+        """Judge each running side component by its own job row; kill a hung one."""
+        if self.health is None or self.job_baseline is None or self.records.failed:
+            return None
+        for side in self.child.sides.values():
+            kind = side.job_type
+            if kind is None or side.state != "running":
+                continue
+            started = self.clock()
+            try:
+                row = self.health.newest(max(self.job_baseline, side.row_floor), kind)
+            except BackendUnavailable:
+                return None
+            finally:
+                self.records.slow(started)
+            policy = self.side_policies.get(kind, self.health_policy)
+            verdict = judge(row, now - (side.started_at or now), policy, kind)
+            side.health = verdict.health.value
+            side.last_row = row.job_id if row is not None else side.last_row
+            if verdict.health is Health.HUNG:
+                self.child.fail_component(side.name, verdict.detail)
+                return f"component {side.name}: {verdict.detail}: killing it"
+        return None
 
     def _switchover_wanted(self) -> tuple[str, str | None] | None:
         target = self.flags.switchover_to
@@ -395,9 +423,11 @@ class Controller(Standby):
             node=self.node,
             role=self.role.value,
             epoch=self.epoch,
-            child_state="warm" if warm else self.child.state.value,
+            child_state=group.encode(
+                "warm" if warm else self.child.state.value, list(self.child.sides.values())
+            ),
             child_pid=self.child.pid,
             version=__version__,
             sentence=sentence,
         )
-        self.records.heartbeat(now, self.t.loop, (self.role, self.child.state, warm), state)
+        self.records.heartbeat(now, self.t.loop, (self.role, state.child_state), state)

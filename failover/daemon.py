@@ -25,6 +25,7 @@ from failover.config import Settings, zookeeper_db_resign_seconds
 from failover.controller import Controller, Role, TickResult, Timings
 from failover.dbreach import DbReach, ReachPolicy
 from failover.errors import ConfigError, FailoverError
+from failover.group import components
 from failover.interfaces import RECONNECT_MAX_SECONDS
 from failover.keeper import proctree
 from failover.keeper.launcher import KeeperLauncher, SidecarLauncher
@@ -125,6 +126,19 @@ def _log_released(jobs: int) -> None:
     )
 
 
+def side_health_policies(settings: Settings) -> dict[str, HealthPolicy]:
+    """Each side component's threshold from Airflow's own config (30 s by default)."""
+    out: dict[str, HealthPolicy] = {}
+    for kind, section, key in (
+        ("DagProcessorJob", "dag_processor", "health_check_threshold"),
+        ("TriggererJob", "triggerer", "triggerer_health_check_threshold"),
+    ):
+        threshold = airflow_settings.threshold(os.environ, section, key)
+        grace = settings.airflow.startup_grace_seconds or max(60.0, 2 * threshold)
+        out[kind] = HealthPolicy(threshold=threshold, startup_grace=grace)
+    return out
+
+
 def prewarm_args(settings: Settings) -> tuple[str, ...]:
     """Keeper options for a standby's warm keeper: keep `airflow scheduler` pre-warmed."""
     if not settings.airflow.prewarm:
@@ -193,8 +207,14 @@ class Daemon:
         launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher(
             adopt_orphans=True
         )
+        (main, command), *_ = settings.group
         self.child = Child(
-            launcher, settings.command, child_policy(settings), prewarm_args(settings)
+            launcher,
+            command,
+            child_policy(settings),
+            prewarm_args(settings),
+            components(settings.group),
+            main,
         )
         self.controller = Controller(
             cluster=settings.cluster,
@@ -209,6 +229,7 @@ class Daemon:
             health_policy=health_policy(settings),
             db_reach=reach,
         )
+        self.controller.side_policies = side_health_policies(settings)
         self.log = log.get()
         self.signals: list[int] = []
         self.ready_sent = False
@@ -313,7 +334,7 @@ class Daemon:
         self.controller.t = timings(new)
         if self.controller.db_reach is not None:
             self.controller.db_reach.policy = reach_policy(new)
-        self.child.command = tuple(new.command)
+        self.child.command = new.group[0][1]
         self.child.policy = child_policy(new)
         log.configure(new.log.format, new.log.level)
         self.log.info("config_reloaded", lease_seconds=new.lease_seconds, command=list(new.command))

@@ -30,9 +30,11 @@ def startup_checks(settings: Settings, env: Mapping[str, str]) -> str | None:
             settings.http.tls_key_file, "http.tls_key_file", settings.allow_insecure_permissions
         )
         tls_context(settings.http.tls_cert_file, settings.http.tls_key_file)
-    missing = airflow_settings.airflow_on_path(settings.command, env)
-    if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
-        raise ConfigError("command", missing, "install it or fix the command")
+    field = "airflow.components" if settings.airflow.components else "command"
+    for _, argv in settings.group:
+        missing = airflow_settings.airflow_on_path(argv, env)
+        if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
+            raise ConfigError(field, missing, "install it or fix the command")
     socket_dir = Path(settings.keeper.listen).parent
     if settings.keeper.listen and not (socket_dir.is_dir() and os.access(socket_dir, os.W_OK)):
         raise ConfigError(

@@ -111,7 +111,7 @@ def _load(
 def _check_prewarm(settings: Settings, warnings: list[str]) -> None:
     if not settings.airflow.prewarm:
         return
-    cmd = settings.command
+    cmd = settings.group[0][1]
     if len(cmd) < 2 or os.path.basename(cmd[0]) != "airflow" or cmd[1] != "scheduler":
         warnings.append(
             "[airflow] prewarm only pre-warms `airflow scheduler`; "
@@ -288,12 +288,16 @@ def coerce(label: str, kind: Any, value: Any) -> Any:
             return float(value)
         if kind is str and isinstance(value, str):
             return value
+        if typing.get_origin(kind) is tuple and typing.get_origin(typing.get_args(kind)[0]):
+            return _to_components(value)
         if typing.get_origin(kind) is tuple:
             return _to_argv(value)
     except (TypeError, ValueError, OverflowError):
         pass
     expected = getattr(kind, "__name__", str(kind))
-    if typing.get_origin(kind) is tuple:
+    if typing.get_origin(kind) is tuple and typing.get_origin(typing.get_args(kind)[0]):
+        expected = 'a table of name = ["argv", ...]'
+    elif typing.get_origin(kind) is tuple:
         expected = "a list of strings"
     raise ConfigError(label, f"expected {expected}, got {value!r}", "fix the value's type")
 
@@ -306,6 +310,15 @@ def _to_bool(value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(value)
+
+
+def _to_components(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`{name = argv, ...}` (TOML table, or JSON object in env), in the order written."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(value)
+    return tuple((str(name), _to_argv(argv)) for name, argv in value.items())
 
 
 def _to_argv(value: Any) -> tuple[str, ...]:

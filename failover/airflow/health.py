@@ -39,11 +39,17 @@ class JobSource(Protocol):
         """The highest job id now: rows above it were created by a child started after."""
         ...
 
-    def newest(self, after_id: int) -> JobRow | None: ...
+    def newest(self, after_id: int, job_type: str = "SchedulerJob") -> JobRow | None:
+        """The newest running row of `job_type` above `after_id` (on our hostname)."""
+        ...
 
     def close(self) -> None:
         """Drop the connection."""
         ...
+
+
+LABELS = {"SchedulerJob": "scheduler", "DagProcessorJob": "dag-processor"}
+LABELS["TriggererJob"] = "triggerer"
 
 
 @dataclass(frozen=True)
@@ -52,22 +58,25 @@ class HealthPolicy:
     startup_grace: float  # no verdict of "hung" before the first heartbeat is due
 
 
-def judge(row: JobRow | None, running_for: float, policy: HealthPolicy) -> Verdict:
-    """The verdict for a child that has run `running_for` seconds."""
+def judge(
+    row: JobRow | None, running_for: float, policy: HealthPolicy, job_type: str = "SchedulerJob"
+) -> Verdict:
+    """The verdict for a component that has run `running_for` seconds, by its `job_type` row."""
+    what = LABELS.get(job_type, job_type)
     if row is None:
         if running_for < policy.startup_grace:
-            return Verdict(Health.STARTING, f"no scheduler heartbeat yet ({running_for:.0f} s)")
+            return Verdict(Health.STARTING, f"no {what} heartbeat yet ({running_for:.0f} s)")
         return Verdict(
             Health.HUNG,
-            f"no SchedulerJob row {running_for:.0f} s after the start "
+            f"no {job_type} row {running_for:.0f} s after the start "
             f"(grace {policy.startup_grace:g} s)",
         )
     if row.heartbeat_age > policy.threshold:
         return Verdict(
             Health.HUNG,
-            f"scheduler job {row.job_id} last heartbeat {row.heartbeat_age:.0f} s ago "
+            f"{what} job {row.job_id} last heartbeat {row.heartbeat_age:.0f} s ago "
             f"(threshold {policy.threshold:g} s)",
         )
     return Verdict(
-        Health.HEALTHY, f"scheduler job {row.job_id} heartbeat {row.heartbeat_age:.1f} s ago"
+        Health.HEALTHY, f"{what} job {row.job_id} heartbeat {row.heartbeat_age:.1f} s ago"
     )

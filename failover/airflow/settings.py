@@ -28,7 +28,12 @@ def airflow_setting(env: Mapping[str, str], section: str, key: str) -> str | Non
 
 
 def health_threshold(env: Mapping[str, str]) -> float:
-    raw = airflow_setting(env, "scheduler", "scheduler_health_check_threshold")
+    return threshold(env, "scheduler", "scheduler_health_check_threshold")
+
+
+def threshold(env: Mapping[str, str], section: str, key: str) -> float:
+    """A `*_health_check_threshold` of Airflow's config, in seconds (default 30)."""
+    raw = airflow_setting(env, section, key)
     try:
         return float(raw) if raw else DEFAULT_THRESHOLD
     except ValueError:

@@ -10,8 +10,10 @@ Protocol on the control stream (one line each, ASCII):
                     `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
                     `KILL`            SIGKILL the whole tree now
                     `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
+                    `RESTART <name>` / `KILL <name>`  one side component (group.py)
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
-                    `ERROR <text>`
+                    `ERROR <text>`; a side component's lines end with its name:
+                    `STARTED <pid> <name>`, `EXITED <code> <name>`
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
 then, holding a ZooKeeper session and with the daemon's process gone, end that session.
 
@@ -38,6 +40,7 @@ from collections.abc import Sequence
 
 from failover.airflow.prewarm import parse_with_command
 from failover.keeper import proctree, zksession
+from failover.keeper.group import Group, parse_component
 from failover.keeper.proof import LockFileProof, PgSessionProof, Proof, boottime
 from failover.keeper.warm import Warm, airflow_python
 
@@ -71,6 +74,7 @@ class Keeper:
         self.warm: Warm | None = None
         self.session: zksession.Ticket | None = None  # the daemon's ZooKeeper session
         self.daemon_pid = 0  # 0: not known (a sidecar in another PID namespace)
+        self.group: Group | None = None  # the side components (dag-processor, triggerer)
 
     def send(self, line: str) -> None:
         try:
@@ -92,6 +96,10 @@ class Keeper:
         self.send(f"STARTED {self.child.pid}")
         return True
 
+    def start_group(self, env: dict[str, str]) -> None:
+        if self.group is not None:
+            self.group.start_all(env)
+
     def hard_kill(self, reason: str) -> None:
         self.reason = self.reason or reason
         if self.warm is not None:
@@ -108,12 +116,16 @@ class Keeper:
         self.reason = self.reason or reason
         self.stop_started = boottime()
         if self.child is not None and self.exit_code is None:
-            proctree.signal_all([self.child.pid], signal.SIGTERM)
+            proctree.signal_all([self.child.pid], signal.SIGTERM)  # the scheduler first
+        elif self.group is not None:
+            self.group.signal_mains(signal.SIGTERM)
 
     def _reap(self) -> None:
         for pid, status in proctree.reap():
             if self.warm is not None and pid == self.warm.pid:
                 self.warm.exited(os.waitstatus_to_exitcode(status))
+            if self.group is not None and self.group.reaped(pid, os.waitstatus_to_exitcode(status)):
+                continue
             if self.child is not None and pid == self.child.pid and self.exit_code is None:
                 self.exit_code = os.waitstatus_to_exitcode(status)
                 self.child.returncode = self.exit_code
@@ -135,8 +147,13 @@ class Keeper:
                 self.send(f"ERROR bad RUN-UNTIL {arg!r}")
         elif word == "STOP":
             self.begin_stop("stop requested")
+        elif word == "KILL" and arg and self.group is not None:
+            self.group.kill(arg)
         elif word == "KILL":
             self.hard_kill("kill requested")
+        elif word == "RESTART" and self.group is not None:
+            if self.stop_started is None and not self.reason and self.child is not None:
+                self.group.start(arg)
         elif word == zksession.WORD:
             try:
                 self.session = zksession.Ticket.parse(arg)
@@ -234,6 +251,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
+    )
+    p.add_argument(
+        "--component", action="append", default=[], help="NAME=<json argv>: a side component"
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return parse_with_command(p, argv)
@@ -363,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
     keeper.daemon_pid = daemon_pid
+    if args.component:
+        keeper.group = Group([parse_component(c) for c in args.component], keeper.send)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
         keeper.send(f"ERROR {proof.error}")
@@ -409,6 +431,7 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
         keeper.child = warm_child  # the pre-warmed scheduler runs from here
     elif not keeper.start(_child_env(name, epoch)):
         return abandon("start failed", EXIT_START_FAILED)
+    keeper.start_group(_child_env(name, epoch))
     keeper.run(wake_fd)
     ended = keeper.end_daemon_session()
     if ended is not None:

@@ -30,6 +30,7 @@ class Sample:
     warmup_seconds: float | None = None
     warm_restarts: int = 0
     warm_rss_bytes: int = 0
+    components: tuple[tuple[str, bool, int], ...] = ()  # side components: name, up, restarts
 
 
 class Metrics:
@@ -91,6 +92,19 @@ class Metrics:
             "Resident memory of the pre-warmed scheduler when it became ready",
             registry=r,
         )
+        self.component_up = Gauge(
+            "failover_component_up",
+            "1 while this side component of the group runs (the main one: failover_child_up)",
+            ["component"],
+            registry=r,
+        )
+        self.component_restarts = Counter(
+            "failover_component_restarts",
+            "Restarts of a side component on its own",
+            ["component"],
+            registry=r,
+        )
+        self._component_restarts_seen: dict[str, int] = {}
         self.info = Info("failover", "Build and identity", registry=r)
         self.info.info({"version": version, "backend": backend, "node": node, "cluster": cluster})
         self._restarts_seen = 0
@@ -119,6 +133,12 @@ class Metrics:
         if s.warmup_seconds is not None:
             self.warmup_seconds.set(s.warmup_seconds)
         self.warm_rss.set(s.warm_rss_bytes if s.standby_warm else 0)
+        for name, up, restarts in s.components:
+            self.component_up.labels(component=name).set(1 if up else 0)
+            seen = self._component_restarts_seen.get(name, 0)
+            if restarts > seen:
+                self.component_restarts.labels(component=name).inc(restarts - seen)
+                self._component_restarts_seen[name] = restarts
         if s.warm_restarts > self._warm_restarts_seen:
             self.warm_restarts.inc(s.warm_restarts - self._warm_restarts_seen)
             self._warm_restarts_seen = s.warm_restarts

@@ -67,6 +67,16 @@ def snapshot(
             "health": c.verdict.health.value,
             "health_detail": c.verdict.detail,
         },
+        "components": [
+            {
+                "name": child.name,
+                "state": child.state.value,
+                "pid": child.pid,
+                "restarts": child.restarts,
+                "health": c.verdict.health.value,
+            },
+            *[side.describe() for side in child.sides.values()],
+        ],
         "timings": {
             "lease_seconds": settings.lease_seconds,
             "effective_lease_seconds": effective
@@ -96,6 +106,9 @@ def sample(c: Controller, child: Child, result: TickResult, now: float, took: fl
         warmup_seconds=child.prewarm.seconds,
         warm_restarts=child.prewarm.restarts,
         warm_rss_bytes=child.prewarm.rss_bytes,
+        components=tuple(
+            (side.name, side.state == "running", side.restarts) for side in child.sides.values()
+        ),
     )
 
 

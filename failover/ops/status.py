@@ -11,6 +11,7 @@ from typing import Any
 from failover.backends import open_store
 from failover.config import Settings
 from failover.errors import FailoverError
+from failover.group import decode
 
 
 def cluster_status(settings: Settings) -> dict[str, Any]:
@@ -28,8 +29,9 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
             "role": m.role if m.heartbeat_age < stale_after or m.role == "stopped" else "unknown",
             "epoch": m.epoch,
             "heartbeat_age": round(m.heartbeat_age, 2),
-            "child": m.child_state,
+            "child": decode(m.child_state)[0],
             "child_pid": m.child_pid,
+            "components": decode(m.child_state)[1],
             "version": m.version,
             "last": m.sentence,
         }
@@ -50,8 +52,8 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
 
 
 def render(status: dict[str, Any]) -> str:
-    head = ("NODE", "ROLE", "EPOCH", "HEARTBEAT", "CHILD", "PID")
-    rows = [
+    head: tuple[str, ...] = ("NODE", "ROLE", "EPOCH", "HEARTBEAT", "CHILD", "PID")
+    rows: list[tuple[str, ...]] = [
         (
             m["node"],
             m["role"],
@@ -62,6 +64,9 @@ def render(status: dict[str, Any]) -> str:
         )
         for m in status["members"]
     ]
+    if any(m.get("components") for m in status["members"]):
+        head = (*head, "COMPONENTS")
+        rows = [(*r, _components(m)) for r, m in zip(rows, status["members"], strict=True)]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         f"cluster {status['cluster']} ({status['backend']})"
@@ -75,6 +80,15 @@ def render(status: dict[str, Any]) -> str:
     if status.get("switchover_result"):
         lines.append(f"last switchover: {status['switchover_result']}")
     return "\n".join(lines)
+
+
+def _components(member: dict[str, Any]) -> str:
+    """`dag-processor running 4242 (1 restart)`, one per side component, for the table."""
+    out = []
+    for c in member.get("components") or []:
+        restarts = f" ({c['restarts']} restarts)" if c["restarts"] else ""
+        out.append(f"{c['name']} {c['state']} {c['pid'] or '-'}{restarts}")
+    return "; ".join(out) or "-"
 
 
 def set_paused(settings: Settings, paused: bool) -> None:

@@ -253,6 +253,7 @@ class FakeJobs:
         self.base = 41
         self.down = False
         self.asked_after: list[int] = []
+        self.rows: dict[str, object] = {}  # other job types' newest rows
 
     def baseline(self) -> int:
         if self.down:
@@ -261,8 +262,11 @@ class FakeJobs:
         self.base = max(self.base, job_id)
         return self.base
 
-    def newest(self, after_id: int) -> object:
+    def newest(self, after_id: int, job_type: str = "SchedulerJob") -> object:
         if self.down:
             raise BackendUnavailable("job table unreachable")
+        if job_type != "SchedulerJob":
+            row = self.rows.get(job_type)
+            return row if getattr(row, "job_id", 0) > after_id else None
         self.asked_after.append(after_id)
         return self.row if getattr(self.row, "job_id", 0) > after_id else None

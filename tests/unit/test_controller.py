@@ -312,9 +312,9 @@ class DragJobs(FakeJobs):
         self.clock.advance(self.delay)
         return super().baseline()
 
-    def newest(self, after_id: int) -> object:
+    def newest(self, after_id: int, job_type: str = "SchedulerJob") -> object:
         self.clock.advance(self.delay)
-        return super().newest(after_id)
+        return super().newest(after_id, job_type)
 
 
 def slow_rig(delay: float, lease: SharedLease | None = None) -> tuple[Rig, DragStore, DragJobs]:

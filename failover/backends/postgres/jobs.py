@@ -101,17 +101,17 @@ class JobTable:
         rows = self.session.query("SELECT coalesce(max(id), 0) FROM job")
         return int(rows[0][0])
 
-    def newest(self, after_id: int) -> JobRow | None:
+    def newest(self, after_id: int, job_type: str = "SchedulerJob") -> JobRow | None:
         if not self._check_schema():
             raise BackendUnavailable("no usable Airflow job table")
         sql = (
             "SELECT id, hostname, EXTRACT(EPOCH FROM now() - latest_heartbeat)::float8 FROM job "
-            "WHERE job_type = 'SchedulerJob' AND state = 'running' AND id > %s"
+            "WHERE job_type = %s AND state = 'running' AND id > %s"
         )
-        params: tuple[object, ...] = (after_id,)
+        params: tuple[object, ...] = (job_type, after_id)
         if self.hostname:
             sql += " AND hostname = %s"
-            params = (after_id, self.hostname)
+            params = (job_type, after_id, self.hostname)
         rows = self.session.query(sql + " ORDER BY id DESC LIMIT 1", params)
         if not rows:
             return None

@@ -1,0 +1,104 @@
+"""The leader-only group seen from the daemon: the side components that run beside the main
+command (the scheduler) under its keeper, each with its own state, restarts and backoff.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# What each Airflow command writes into the `job` table (its health row).
+JOB_TYPES = {"scheduler": "SchedulerJob", "dag-processor": "DagProcessorJob"}
+JOB_TYPES["triggerer"] = "TriggererJob"
+
+
+def job_type(argv: Sequence[str]) -> str | None:
+    """The `job_type` of an `airflow <command>` argv, None for anything else."""
+    if len(argv) < 2 or os.path.basename(argv[0]) != "airflow":
+        return None
+    return JOB_TYPES.get(argv[1])
+
+
+@dataclass
+class Component:
+    """One side component; its process lives in the keeper's session."""
+
+    name: str
+    command: tuple[str, ...]
+    state: str = "stopped"  # starting, running, backoff, stopped
+    pid: int | None = None
+    restarts: int = 0
+    fast_failures: int = 0
+    started_at: float | None = None
+    backoff_until: float = 0.0
+    exit_code: int | None = None
+    failing: str = ""  # why the daemon killed it (a hang), counted as a failure
+    health: str = "unknown"
+    last_row: int = 0  # the newest job row seen of it: a restarted one is judged above it
+    row_floor: int = 0
+
+    @property
+    def job_type(self) -> str | None:
+        return job_type(self.command)
+
+    def launched(self, now: float) -> None:
+        self.state, self.pid, self.started_at, self.exit_code = "starting", None, now, None
+        self.row_floor = self.last_row
+        self.failing, self.health = "", "unknown"
+
+    def exited(
+        self, now: float, code: int, fast_seconds: float, backoff: tuple[float, float]
+    ) -> int:
+        """It died while the group ran: back off; return its count of fast failures."""
+        self.pid, self.exit_code, self.health = None, code, "unknown"
+        ran = now - (self.started_at or now)
+        if self.failing or ran < fast_seconds:
+            self.fast_failures += 1
+        else:
+            self.fast_failures = 0
+        initial, cap = backoff
+        delay = initial * 2 ** max(0, self.fast_failures - 1)
+        self.backoff_until = now + min(delay, cap)
+        self.state = "backoff"
+        return self.fast_failures
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "health": self.health,
+        }
+
+
+def components(group: Sequence[tuple[str, Sequence[str]]]) -> list[Component]:
+    """Side components of a group: every entry after the first (the main command)."""
+    return [Component(name, tuple(argv)) for name, argv in group[1:]]
+
+
+def encode(child_state: str, sides: Sequence[Component]) -> str:
+    """The member row's child state with the side components appended, for `status`:
+    `running|dag-processor:running:4242:0` (name:state:pid:restarts, comma-separated)."""
+    if not sides:
+        return child_state
+    parts = [f"{c.name}:{c.state}:{c.pid or '-'}:{c.restarts}" for c in sides]
+    return f"{child_state}|{','.join(parts)}"
+
+
+def decode(child_state: str) -> tuple[str, list[dict[str, object]]]:
+    """(main state, side components) from a member row's child state."""
+    main, _, rest = child_state.partition("|")
+    out: list[dict[str, object]] = []
+    for part in filter(None, rest.split(",")):
+        name, state, pid, restarts = [*part.split(":"), "", "", ""][:4]
+        out.append(
+            {
+                "name": name,
+                "state": state,
+                "pid": int(pid) if pid.isdigit() else None,
+                "restarts": int(restarts) if restarts.isdigit() else 0,
+            }
+        )
+    return main, out

@@ -1,0 +1,150 @@
+"""The leader-only group: config shape, side components' restarts and crash loop, their
+health, and how `status` shows them."""
+
+from __future__ import annotations
+
+import pytest
+
+from failover.airflow.health import HealthPolicy, JobRow
+from failover.child import Child, ChildState
+from failover.controller import Controller
+from failover.errors import ConfigError
+from failover.group import Component, decode, encode, job_type
+from failover.sources import load_settings
+
+from .fakes import POLICY, FakeJobs, FakeLauncher, make_rig
+from .test_controller import started
+
+GROUP = '{"dag-processor": ["airflow", "dag-processor"], "scheduler": ["airflow", "scheduler"]}'
+
+
+def test_components_from_env_and_toml(tmp_path: object) -> None:
+    s = load_settings(env={"FAILOVER_AIRFLOW__COMPONENTS": GROUP})
+    assert s.group == (
+        ("scheduler", ("airflow", "scheduler")),  # the scheduler first, whatever the order
+        ("dag-processor", ("airflow", "dag-processor")),
+    )
+    assert load_settings(env={}).group == (("scheduler", ("airflow", "scheduler")),)
+    path = tmp_path / "f.toml"  # type: ignore[operator]
+    path.write_text(
+        '[airflow.components]\nscheduler = ["airflow", "scheduler", "--skip-serve-logs"]\n'
+        'triggerer = "airflow triggerer"\n'
+    )
+    s = load_settings(str(path), env={})
+    assert s.group[1] == ("triggerer", ("airflow", "triggerer"))
+
+
+def test_components_with_command_or_bad_names_are_refused() -> None:
+    env = {"FAILOVER_AIRFLOW__COMPONENTS": GROUP, "FAILOVER_COMMAND": "airflow scheduler -n 1"}
+    with pytest.raises(ConfigError, match="together with command"):
+        load_settings(env=env)
+    with pytest.raises(ConfigError, match="name of"):
+        load_settings(env={"FAILOVER_AIRFLOW__COMPONENTS": '{"A B": ["x"]}'})
+    with pytest.raises(ConfigError, match="AIRFLOW__COMPONENTS: expected a table"):
+        load_settings(env={"FAILOVER_AIRFLOW__COMPONENTS": '["x"]'})
+
+
+def make() -> tuple[Child, FakeLauncher]:
+    launcher = FakeLauncher([])
+    side = Component("dag-processor", ("airflow", "dag-processor"))
+    return Child(launcher, ["airflow", "scheduler"], POLICY, sides=[side]), launcher
+
+
+def test_side_component_restarts_alone_with_backoff_then_crash_loop_fails_the_group() -> None:
+    child, launcher = make()
+    child.start(0, 1, 99.0, {})
+    assert launcher.args[-1] == ["--component", 'dag-processor=["airflow", "dag-processor"]']
+    link = launcher.last
+    link.inbox.extend(["STARTED 10", "STARTED 11 dag-processor"])
+    child.poll(0.1)
+    side = child.sides["dag-processor"]
+    assert (child.pid, side.pid, side.state) == (10, 11, "running")
+    now = 1.0
+    for n in range(1, POLICY.max_fast_failures):
+        link.inbox.append("EXITED 1 dag-processor")
+        sent = len(link.sent)
+        child.poll(now)
+        assert side.state == "backoff" and child.state is ChildState.RUNNING and child.pid == 10
+        assert len(link.sent) == sent  # not before its backoff
+        now = side.backoff_until
+        child.poll(now)  # the backoff passed: restart it, on its own
+        assert link.sent[-1] == "RESTART dag-processor" and side.restarts == n
+        link.inbox.append(f"STARTED {20 + n} dag-processor")
+        child.poll(now)
+        assert side.state == "running" and side.pid == 20 + n
+    link.inbox.append("EXITED 1 dag-processor")
+    child.poll(now)  # one fast failure too many: the whole group goes, leadership with it
+    assert link.sent[-1] == "KILL"
+    link.inbox.extend(["EXITED -9", "GONE kill requested"])
+    child.poll(now)
+    assert child.state is ChildState.FAILED and "crash loop" in child.last_event
+    assert side.state == "stopped"
+
+
+def test_side_exits_during_a_stop_are_not_failures() -> None:
+    child, launcher = make()
+    child.start(0, 1, 99.0, {})
+    launcher.last.inbox.extend(["STARTED 10", "STARTED 11 dag-processor"])
+    child.poll(0.1)
+    child.stop()
+    launcher.last.inbox.extend(["EXITED 0", "EXITED 0 dag-processor", "GONE stop requested"])
+    child.poll(0.2)
+    assert child.state is ChildState.STOPPED and child.sides["dag-processor"].fast_failures == 0
+
+
+def test_hung_side_component_is_killed_alone_by_its_own_threshold() -> None:
+    rig = make_rig()
+    jobs = FakeJobs()
+    side = Component("dag-processor", ("airflow", "dag-processor"))
+    rig.child.sides = {side.name: side}
+    rig.controller = Controller(
+        cluster="c1",
+        node="n1",
+        backend=rig.backend,
+        store=rig.store,
+        child=rig.child,
+        clock=rig.clock,
+        timings=rig.controller.t,
+        base_env={},
+        health=jobs,
+        health_policy=HealthPolicy(threshold=30.0, startup_grace=60.0),
+    )
+    rig.controller.side_policies = {"DagProcessorJob": HealthPolicy(5.0, 60.0)}
+    started(rig)  # type: ignore[arg-type]
+    rig.launcher.last.inbox.append("STARTED 11 dag-processor")
+    jobs.row = JobRow(42, "h", 1.0)
+    jobs.rows["DagProcessorJob"] = JobRow(43, "h", 4.0)
+    rig.clock.advance(1)
+    assert rig.controller.tick().sentence == "no action: I am the leader with epoch 1"
+    assert side.health == "healthy"
+    jobs.rows["DagProcessorJob"] = JobRow(43, "h", 6.0)  # over its own 5 s, not the 30 s
+    rig.clock.advance(1)
+    sentence = rig.controller.tick().sentence
+    assert "component dag-processor" in sentence and "6 s ago" in sentence, sentence
+    assert rig.launcher.last.sent[-1] == "KILL dag-processor"
+    rig.launcher.last.inbox.append("EXITED -9 dag-processor")
+    rig.clock.advance(1)
+    rig.controller.tick()
+    assert side.state == "backoff" and side.fast_failures == 1
+    assert rig.child.state is ChildState.RUNNING  # the scheduler was left alone
+    rig.clock.advance(POLICY.backoff_initial)
+    rig.controller.tick()
+    assert "RESTART dag-processor" in rig.launcher.last.sent[-2:]
+    # The restarted one is judged by rows above the old one only.
+    rig.launcher.last.inbox.append("STARTED 12 dag-processor")
+    rig.clock.advance(1)
+    assert rig.controller.tick().sentence == "no action: I am the leader with epoch 1"
+    assert side.health == "starting"
+
+
+def test_member_row_carries_the_components_for_status() -> None:
+    side = Component("dag-processor", ("airflow", "dag-processor"), "running", 11, 2)
+    text = encode("running", [side])
+    assert text == "running|dag-processor:running:11:2"
+    assert decode(text) == (
+        "running",
+        [{"name": "dag-processor", "state": "running", "pid": 11, "restarts": 2}],
+    )
+    assert decode("running") == ("running", [])
+    assert job_type(["/venv/bin/airflow", "triggerer"]) == "TriggererJob"
+    assert job_type(["python", "x.py"]) is None
