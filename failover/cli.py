@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from failover.airflow import airflow3
     from failover.airflow import settings as airflow_settings
     from failover.preflight import startup_checks
 
@@ -82,6 +83,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(json.dumps(describe(settings), indent=2, default=str))
     warnings = list(settings.warnings)
     warnings += airflow_settings.environment_warnings(os.environ, settings.metadata_dsn is not None)
+    warnings += airflow3.warnings(settings.group, os.environ)
     if settings.backend == "zookeeper":
         from failover.config import zookeeper_session_seconds
 
