@@ -154,6 +154,7 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     command: tuple[str, ...] = ()  # the child; default: the probe
     env: dict[str, str] = field(default_factory=dict)
+    components: dict[str, list[str]] = field(default_factory=dict)  # the group, if any
 
     @property
     def records(self) -> Path:
@@ -174,6 +175,8 @@ class Cluster:
         }
         for key, value in merged.items():
             argv += ["--set", f"{key}={value}"]
+        if self.components:
+            return [*argv, "--set", f"airflow.components={json.dumps(self.components)}"]
         if self.command:
             return [*argv, "--", *self.command]
         probe = [sys.executable, PROBE, "--tag", self.tag, "--record", str(self.records)]

@@ -26,14 +26,16 @@ pytestmark = pytest.mark.e2e
 
 
 class JobSampler(Periodic):
-    """Every 100 ms: fresh running SchedulerJob rows whose node still has live processes."""
+    """Every 100 ms: fresh running SchedulerJob (or `job_type`) rows whose node still has live
+    processes."""
 
     label = "one live scheduler heartbeating"
 
-    def __init__(self, dsn: str, cluster: str) -> None:
+    def __init__(self, dsn: str, cluster: str, job_type: str = "SchedulerJob") -> None:
         super().__init__(interval=0.1)
         self.cluster = cluster
         self.dsn = dsn
+        self.job_type = job_type
         self.conn: Any = None
 
     def check(self) -> Any:
@@ -43,8 +45,9 @@ class JobSampler(Periodic):
                 self.conn.autocommit = True
             with self.conn.cursor() as cur:
                 cur.execute(
-                    "SELECT DISTINCT hostname FROM job WHERE job_type = 'SchedulerJob' "
-                    "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'"
+                    "SELECT DISTINCT hostname FROM job WHERE job_type = %s "
+                    "AND state = 'running' AND latest_heartbeat > now() - interval '2.5 seconds'",
+                    (self.job_type,),
                 )
                 fresh = {r[0] for r in cur.fetchall()}
         except psycopg2.Error:

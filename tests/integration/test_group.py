@@ -110,13 +110,11 @@ def group_cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path, nodes=("n1", "n2"))
     main = probe(c.tag, c.records, "--fork", "1")
     side = probe(c.tag, c.root / "side.log", "--exit-after", "1.0", "--exit-code", "3")
-    c.command = ()
+    c.components = {"scheduler": main, "side": side}
     c.settings = {
-        "airflow.components": json.dumps({"scheduler": main, "side": side}),
         "fast_failure_seconds": "0.5",  # the side runs 1 s: not a fast failure, no crash loop
         "backoff_initial_seconds": "0.5",
     }
-    c.argv = lambda node: Cluster.argv(c, node)[: Cluster.argv(c, node).index("--")]  # type: ignore[method-assign]
     yield c
     c.stop_all()
 

@@ -1,0 +1,135 @@
+"""Real Airflow 3.3.2: `airflow scheduler` and `airflow dag-processor` as one leader-only group
+under two candidates on PostgreSQL, an `airflow api-server --apps execution` outside the
+controller (one shared JWT secret). Fault: kill -9 of the leader's daemon. The new leader's
+SchedulerJob and DagProcessorJob heartbeat, tasks keep succeeding, and at no sample do two
+nodes' SchedulerJob or DagProcessorJob rows heartbeat at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..harness import Cluster, EnvSampler, cluster_processes, wait_until
+from .conftest import DAEMON_SETTINGS, AirflowDb, migrated_db
+from .test_airflow import JobSampler, rows, running_jobs, successes
+
+pytestmark = pytest.mark.e2e
+
+
+def heartbeating(dsn: str, job_type: str, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    found = rows(
+        dsn,
+        "SELECT hostname FROM job WHERE job_type = %s AND state = 'running' "
+        "AND latest_heartbeat > now() - interval '3 seconds' ORDER BY id DESC LIMIT 1",
+        (job_type,),
+    )
+    return found[0][0] if found and found[0][0] not in exclude else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def airflow3_db(pg_server: Any, tmp_path: Path) -> Iterator[AirflowDb]:
+    db = migrated_db(pg_server, tmp_path, major=3)
+    db.api_port = free_port()
+    log = open(tmp_path / "api-server.log", "ab")
+    api = subprocess.Popen(  # stateless: on every host, outside the controller
+        [db.binary, "api-server", "--apps", "execution", "--port", str(db.api_port), "-w", "1"],
+        env={**os.environ, **db.env(FAILOVER_NODE="api")},
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", db.api_port), timeout=1).close()
+            except OSError:
+                assert api.poll() is None, (tmp_path / "api-server.log").read_text()[-2000:]
+                return False
+            return True
+
+        wait_until(listening, 120, "the api-server", 0.5)
+        yield db
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        try:
+            api.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(api.pid, signal.SIGKILL)
+            api.wait(timeout=5)
+
+
+@pytest.fixture
+def group(airflow3_db: AirflowDb, tmp_path: Path) -> Iterator[Cluster]:
+    cluster = f"e2e{uuid.uuid4().hex[:6]}"
+    binary = airflow3_db.binary
+    c = Cluster(
+        tmp_path / "daemons",
+        nodes=("m1", "m2"),
+        cluster=cluster,
+        settings={**DAEMON_SETTINGS, "backend": "postgres"},
+        components={
+            "scheduler": [binary, "scheduler", "--skip-serve-logs"],
+            "dag-processor": [binary, "dag-processor"],
+        },
+        env=airflow3_db.env(),
+    )
+    yield c
+    c.stop_all(timeout=40)
+    wait_until(lambda: not cluster_processes(cluster), 20, "no Airflow process left")
+
+
+def test_kill9_leader_daemon_moves_the_group(group: Cluster, airflow3_db: AirflowDb) -> None:
+    db = airflow3_db
+    with (
+        EnvSampler(group.cluster) as procs,
+        JobSampler(db.dsn, group.cluster) as schedulers,
+        JobSampler(db.dsn, group.cluster, "DagProcessorJob") as processors,
+    ):
+        group.start_all()
+        leader = wait_until(lambda: heartbeating(db.dsn, "SchedulerJob"), 120, "a scheduler", 0.2)
+        assert (
+            wait_until(lambda: heartbeating(db.dsn, "DagProcessorJob"), 120, "a dag-processor", 0.2)
+            == leader
+        )
+        wait_until(lambda: successes(db.dsn, leader) >= 1, 120, "tasks on the leader", 0.5)
+        t0 = time.monotonic()
+        group.signal(leader, signal.SIGKILL)
+        new = wait_until(
+            lambda: heartbeating(db.dsn, "SchedulerJob", {leader}), 60, "the new scheduler", 0.1
+        )
+        took = time.monotonic() - t0
+        assert new != leader
+        wait_until(
+            lambda: heartbeating(db.dsn, "DagProcessorJob", {leader}) == new,
+            60,
+            "the new dag-processor",
+            0.2,
+        )
+        assert running_jobs(db.dsn, leader) == 0  # release_orphans on Airflow 3 too
+        before = successes(db.dsn, new)
+        wait_until(lambda: successes(db.dsn, new) > before, 90, "tasks on the new leader", 0.5)
+    procs.assert_clean()
+    schedulers.assert_clean()
+    processors.assert_clean()
+    assert took < 30, took
+    print(f"\nAirflow 3 kill -9 daemon -> new scheduler heartbeat: {took:.2f} s", file=sys.stderr)
