@@ -102,10 +102,27 @@ def _load(
         )
         settings = settings.replace(postgres=pg)
     _check_postgres(settings, warnings)
+    settings = _airflow3_group(settings, env)
     _check_prewarm(settings, warnings)
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
     return validate(settings.replace(warnings=tuple(warnings)))
+
+
+def _airflow3_group(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Airflow 3 needs its DAG processor beside the scheduler: with neither `command` nor
+    `[airflow] components` set, the default group there is scheduler + dag-processor."""
+    if settings.airflow.components or settings.command != ("airflow", "scheduler"):
+        return settings
+    from failover.airflow.airflow3 import airflow_major
+
+    if (airflow_major(settings.command, env) or 0) < 3:
+        return settings
+    group = (
+        ("scheduler", ("airflow", "scheduler")),
+        ("dag-processor", ("airflow", "dag-processor")),
+    )
+    return settings.replace(airflow=dataclasses.replace(settings.airflow, components=group))
 
 
 def _check_prewarm(settings: Settings, warnings: list[str]) -> None:

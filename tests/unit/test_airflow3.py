@@ -64,3 +64,14 @@ def test_airflow2_and_webserver(tmp_path: Path) -> None:
     assert warnings([GROUP[0]], env) == []
     web = warnings([GROUP[0], ("web", ["airflow", "webserver"])], env)
     assert len(web) == 1 and "api-server" in web[0]
+
+
+def test_default_group_on_airflow3_is_scheduler_and_dag_processor(tmp_path: Path) -> None:
+    from failover.sources import load_settings
+
+    three = fake_airflow(tmp_path / "3", "3.3.2")
+    assert [n for n, _ in load_settings(env=three).group] == ["scheduler", "dag-processor"]
+    two = fake_airflow(tmp_path / "2", "2.11.2")
+    assert [n for n, _ in load_settings(env=two).group] == ["scheduler"]
+    own = load_settings(env={**three, "FAILOVER_COMMAND": "airflow scheduler -n 5"})
+    assert [n for n, _ in own.group] == ["scheduler"]  # an explicit command stays alone
