@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,12 +61,13 @@ def airflow3_db(pg_server: Any, tmp_path: Path) -> Iterator[AirflowDb]:
     try:
 
         def listening() -> bool:
+            url = f"http://127.0.0.1:{db.api_port}/execution/health"  # the LB's health check
             try:
-                socket.create_connection(("127.0.0.1", db.api_port), timeout=1).close()
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    return bool(answer.status == 200)
             except OSError:
                 assert api.poll() is None, (tmp_path / "api-server.log").read_text()[-2000:]
                 return False
-            return True
 
         wait_until(listening, 120, "the api-server", 0.5)
         yield db
