@@ -42,7 +42,7 @@ from typing import Any
 
 # Airflow versions whose scheduler start-up this module knows (public CLI entry points:
 # `airflow.__main__.main`, `airflow.cli.cli_parser.get_parser`, `airflow.settings.engine`).
-SUPPORTED = ((2, 10), (2, 11))
+SUPPORTED = ((2, 10), (2, 11), (3, 3))
 EXIT_UNSUPPORTED = 3  # will not pre-warm this: the keeper starts the plain command on GO
 EXIT_FAILED = 4  # the warm-up failed: the keeper tries again after a backoff
 # What `airflow scheduler` imports lazily on its first use, imported here in advance.

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -24,6 +23,7 @@ import pytest
 from ..harness import Cluster, EnvSampler, cluster_processes, wait_until
 from .conftest import DAEMON_SETTINGS, AirflowDb, migrated_db
 from .test_airflow import JobSampler, rows, running_jobs, successes
+from .test_prewarm import events, warm_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -80,15 +80,19 @@ def airflow3_db(pg_server: Any, tmp_path: Path) -> Iterator[AirflowDb]:
             api.wait(timeout=5)
 
 
-@pytest.fixture
-def group(airflow3_db: AirflowDb, tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(params=[False, True], ids=["cold", "prewarm"])
+def group(airflow3_db: AirflowDb, tmp_path: Path, request: Any) -> Iterator[Cluster]:
     cluster = f"e2e{uuid.uuid4().hex[:6]}"
     binary = airflow3_db.binary
     c = Cluster(
         tmp_path / "daemons",
         nodes=("m1", "m2"),
         cluster=cluster,
-        settings={**DAEMON_SETTINGS, "backend": "postgres"},
+        settings={
+            **DAEMON_SETTINGS,
+            "backend": "postgres",
+            "airflow.prewarm": "true" if request.param else "false",
+        },
         components={
             "scheduler": [binary, "scheduler", "--skip-serve-logs"],
             "dag-processor": [binary, "dag-processor"],
@@ -114,13 +118,19 @@ def test_kill9_leader_daemon_moves_the_group(group: Cluster, airflow3_db: Airflo
             == leader
         )
         wait_until(lambda: successes(db.dsn, leader) >= 1, 120, "tasks on the leader", 0.5)
+        standby = next(n for n in group.nodes if n != leader)
+        prewarm = group.settings["airflow.prewarm"] == "true"
+        warm = warm_pid(group, standby) if prewarm else None
         t0 = time.monotonic()
         group.signal(leader, signal.SIGKILL)
         new = wait_until(
             lambda: heartbeating(db.dsn, "SchedulerJob", {leader}), 60, "the new scheduler", 0.1
         )
         took = time.monotonic() - t0
-        assert new != leader
+        assert new == standby
+        if warm is not None:  # the promoted scheduler is the pre-warmed process
+            assert cluster_processes(group.cluster).get(warm, {}).get("node") == standby
+            assert not events(group, standby, "prewarm_cold")
         wait_until(
             lambda: heartbeating(db.dsn, "DagProcessorJob", {leader}) == new,
             60,
@@ -134,4 +144,5 @@ def test_kill9_leader_daemon_moves_the_group(group: Cluster, airflow3_db: Airflo
     schedulers.assert_clean()
     processors.assert_clean()
     assert took < 30, took
-    print(f"\nAirflow 3 kill -9 daemon -> new scheduler heartbeat: {took:.2f} s", file=sys.stderr)
+    mode = "prewarm" if warm else "cold"
+    print(f"\nAirflow 3 kill -9 daemon -> new scheduler heartbeat ({mode}): {took:.2f} s")
