@@ -1,8 +1,12 @@
-"""Real Airflow 2.11.2 under two candidates on PostgreSQL: time from the fault to the new
-scheduler's first `job` row (its start_date = first heartbeat), DB clock on both ends.
+"""Real Airflow (2.11.2, or 3.3.2 with --airflow 3) under two candidates on PostgreSQL: time
+from the fault to the new scheduler's first `job` row (its start_date = first heartbeat), DB
+clock on both ends.
 
-    python bench/airflow_takeover.py [--runs 5] [--prewarm off,on]
-                                      (needs scripts/test's Airflow venv)
+    python bench/airflow_takeover.py [--runs 5] [--prewarm off,on] [--airflow 3]
+                                      (needs scripts/test's Airflow venvs)
+
+On Airflow 3 the candidates run the group (scheduler + dag-processor) and an
+`airflow api-server --apps execution` runs outside them (one shared JWT secret).
 
 Scenarios: kill9 (leader daemon SIGKILLed), graceful (leader daemon SIGTERMed),
 hang (leader's scheduler SIGSTOPped; health threshold 6 s, heartbeat every 1 s).
@@ -13,6 +17,7 @@ pre-warmed before the fault.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -28,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2
 
-from tests.e2e.conftest import DAEMON_SETTINGS, AirflowDb, migrated_db
+from tests.e2e.conftest import AIRFLOW_VERSIONS, DAEMON_SETTINGS, AirflowDb, api_server, migrated_db
 from tests.harness import Cluster, keeper_trees, wait_until, warm_processes
 from tests.servers import PostgresServer
 
@@ -90,11 +95,13 @@ def main() -> int:
     p.add_argument("--scenarios", default="kill9,graceful,hang")
     p.add_argument("--prewarm", default="off", help="off, on, or off,on: [airflow] prewarm")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "airflow.md"))
+    p.add_argument("--airflow", type=int, choices=(2, 3), default=2, help="major: 2.11.2, 3.3.2")
     args = p.parse_args()
     server = PostgresServer()
     server.start()
     lines = [
-        f"Real Airflow 2.11.2, fault -> new scheduler's first job row, seconds "
+        f"Real Airflow {AIRFLOW_VERSIONS[args.airflow][0]}, fault -> new scheduler's first "
+        "job row, seconds "
         f"({os.cpu_count()} cores, lease 5 s, {time.strftime('%Y-%m-%d')})",
         "",
         "| scenario | prewarm | runs | min | median | max |",
@@ -103,7 +110,7 @@ def main() -> int:
     try:
         for prewarm in args.prewarm.split(","):
             for scenario in args.scenarios.split(","):
-                values = bench(server, scenario, args.runs, prewarm == "on")
+                values = bench(server, scenario, args.runs, prewarm == "on", args.airflow)
                 lines.append(
                     f"| {scenario} | {prewarm} | {len(values)} | {min(values):.2f} | "
                     f"{statistics.median(values):.2f} | {max(values):.2f} |"
@@ -118,10 +125,16 @@ def main() -> int:
     return 0
 
 
-def bench(server: PostgresServer, scenario: str, runs: int, prewarm: bool) -> list[float]:
-
-    with tempfile.TemporaryDirectory(prefix="bench-af-") as tmp:
-        db = migrated_db(server, Path(tmp))
+def bench(
+    server: PostgresServer, scenario: str, runs: int, prewarm: bool, major: int = 2
+) -> list[float]:
+    with tempfile.TemporaryDirectory(prefix="bench-af-") as tmp, contextlib.ExitStack() as stack:
+        db = migrated_db(server, Path(tmp), major)
+        scheduler = [db.binary, "scheduler", "--skip-serve-logs"]
+        group = {}
+        if major == 3:
+            stack.enter_context(api_server(db, Path(tmp)))
+            group = {"scheduler": scheduler, "dag-processor": [db.binary, "dag-processor"]}
         c = Cluster(
             Path(tmp) / "daemons",
             nodes=("m1", "m2"),
@@ -132,7 +145,8 @@ def bench(server: PostgresServer, scenario: str, runs: int, prewarm: bool) -> li
                 "max_fast_failures": "10",
                 "airflow.prewarm": "true" if prewarm else "false",
             },
-            command=(db.binary, "scheduler", "--skip-serve-logs"),
+            command=() if group else tuple(scheduler),
+            components=group,
             env=db.env(),
         )
         try:

@@ -3,8 +3,13 @@ a migrated metadata DB, an env."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +144,48 @@ def migrated_db(server: Any, root: Path, major: int = 2) -> AirflowDb:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return db
+
+
+@contextlib.contextmanager
+def api_server(db: AirflowDb, root: Path) -> Iterator[None]:
+    """Airflow 3's `airflow api-server --apps execution` on a free port (db.api_port), outside
+    the controller as on every host; ready once GET /execution/health answers 200."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        db.api_port = int(s.getsockname()[1])
+    log = open(root / "api-server.log", "ab")
+    api = subprocess.Popen(
+        [db.binary, "api-server", "--apps", "execution", "--port", str(db.api_port), "-w", "1"],
+        env={**os.environ, **db.env(FAILOVER_NODE="api")},
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+
+    def healthy() -> bool:
+        url = f"http://127.0.0.1:{db.api_port}/execution/health"  # the LB's health check
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            assert api.poll() is None, (root / "api-server.log").read_text()[-2000:]
+            return False
+
+    try:
+        end = time.monotonic() + 120
+        while not healthy():
+            assert time.monotonic() < end, "the api-server did not become healthy in 120 s"
+            time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        try:
+            api.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(api.pid, signal.SIGKILL)
+            api.wait(timeout=5)
 
 
 @pytest.fixture

@@ -7,12 +7,8 @@ nodes' SchedulerJob or DagProcessorJob rows heartbeat at once.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +17,7 @@ from typing import Any
 import pytest
 
 from ..harness import Cluster, EnvSampler, cluster_processes, wait_until
-from .conftest import DAEMON_SETTINGS, AirflowDb, migrated_db
+from .conftest import DAEMON_SETTINGS, AirflowDb, api_server, migrated_db
 from .test_airflow import JobSampler, rows, running_jobs, successes
 from .test_prewarm import events, warm_pid
 
@@ -38,46 +34,11 @@ def heartbeating(dsn: str, job_type: str, exclude: set[str] = frozenset()) -> st
     return found[0][0] if found and found[0][0] not in exclude else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def airflow3_db(pg_server: Any, tmp_path: Path) -> Iterator[AirflowDb]:
     db = migrated_db(pg_server, tmp_path, major=3)
-    db.api_port = free_port()
-    log = open(tmp_path / "api-server.log", "ab")
-    api = subprocess.Popen(  # stateless: on every host, outside the controller
-        [db.binary, "api-server", "--apps", "execution", "--port", str(db.api_port), "-w", "1"],
-        env={**os.environ, **db.env(FAILOVER_NODE="api")},
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    log.close()
-    try:
-
-        def listening() -> bool:
-            url = f"http://127.0.0.1:{db.api_port}/execution/health"  # the LB's health check
-            try:
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    return bool(answer.status == 200)
-            except OSError:
-                assert api.poll() is None, (tmp_path / "api-server.log").read_text()[-2000:]
-                return False
-
-        wait_until(listening, 120, "the api-server", 0.5)
+    with api_server(db, tmp_path):
         yield db
-    finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        try:
-            api.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(api.pid, signal.SIGKILL)
-            api.wait(timeout=5)
 
 
 @pytest.fixture(params=[False, True], ids=["cold", "prewarm"])
