@@ -194,8 +194,8 @@ def _common(p: argparse.ArgumentParser, client: bool = True) -> None:
     p.add_argument("--node", help=node)
     p.add_argument(
         "--backend",
-        choices=("local", "postgres", "zookeeper"),
-        help="election backend: local, postgres or zookeeper (default: local)",
+        choices=("local", "postgres", "mysql", "zookeeper"),
+        help="election backend: local, postgres, mysql or zookeeper (default: local)",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
 

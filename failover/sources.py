@@ -20,7 +20,11 @@ from failover.config import SECTIONS, Settings, validate
 from failover.dsn import (
     has_password,
     is_loopback,
+    is_mysql_dsn,
     looks_like_pooler,
+    looks_like_proxy,
+    normalize_metadata_url,
+    normalize_mysql_url,
     normalize_sqlalchemy_url,
     parse_dsn,
     redact_dsn,
@@ -94,14 +98,19 @@ def _load(
         settings = settings.replace(metadata_dsn=_airflow_dsn(env, warnings))
     else:
         settings = settings.replace(
-            metadata_dsn=_postgres_only("metadata_dsn", settings.metadata_dsn)
+            metadata_dsn=_metadata_only("metadata_dsn", settings.metadata_dsn)
         )
     if settings.postgres.dsn:
         pg = dataclasses.replace(
             settings.postgres, dsn=_postgres_only("postgres.dsn", settings.postgres.dsn)
         )
         settings = settings.replace(postgres=pg)
+    if settings.mysql.dsn:
+        my = dataclasses.replace(settings.mysql, dsn=_mysql_only("mysql.dsn", settings.mysql.dsn))
+        settings = settings.replace(mysql=my)
+    _check_lock_dsn(settings)
     _check_postgres(settings, warnings)
+    _check_mysql(settings, warnings)
     _check_prewarm(settings, warnings)
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
@@ -150,10 +159,11 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
     """`node = "imds"` and `secretsmanager:` DSNs, resolved once at load time."""
     wants_secret = [
         dsn
-        for dsn in (settings.metadata_dsn, settings.postgres.dsn)
+        for dsn in (settings.metadata_dsn, settings.postgres.dsn, settings.mysql.dsn)
         if dsn and dsn.startswith("secretsmanager:")
     ]
-    if settings.node != "imds" and not wants_secret and not settings.postgres.iam_auth:
+    iam = settings.postgres.iam_auth or settings.mysql.iam_auth
+    if settings.node != "imds" and not wants_secret and not iam:
         return settings
     from failover import aws
 
@@ -172,12 +182,69 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
             settings.postgres, dsn=aws.resolve_secret("postgres.dsn", settings.postgres.dsn, region)
         )
         settings = settings.replace(postgres=pg)
+    if settings.mysql.dsn and settings.mysql.dsn.startswith("secretsmanager:"):
+        my = dataclasses.replace(
+            settings.mysql, dsn=aws.resolve_secret("mysql.dsn", settings.mysql.dsn, region)
+        )
+        settings = settings.replace(mysql=my)
     return settings
+
+
+def _check_lock_dsn(settings: Settings) -> None:
+    """The lock database must speak the backend's dialect (metadata_dsn may be either)."""
+    dsn = settings.lock_dsn
+    if settings.backend not in ("postgres", "mysql") or not dsn:
+        return
+    if (settings.backend == "mysql") != is_mysql_dsn(dsn):
+        field = f"{settings.backend}.dsn"
+        want = "a MySQL" if settings.backend == "mysql" else "a PostgreSQL"
+        raise ConfigError(
+            field,
+            f"{redact_dsn(dsn)} is not {want} DSN (the {settings.backend} backend locks there)",
+            f"set [{settings.backend}] dsn to {want} database, or change backend",
+        )
+
+
+def _check_mysql(settings: Settings, warnings: list[str]) -> None:
+    """Refuse a proxy for the lock; warn about plain-text connections to remote hosts."""
+    if settings.backend == "mysql" and settings.lock_dsn:
+        info = parse_dsn(settings.lock_dsn, "mysql.dsn")
+        if looks_like_proxy(info) and not settings.mysql.allow_proxy:
+            raise ConfigError(
+                "mysql.dsn",
+                f"{info.host}:{info.port} looks like RDS Proxy or ProxySQL; named locks need "
+                "a direct connection",
+                "point it at the database itself, or set [mysql] allow_proxy = true",
+            )
+    if settings.mysql.ssl_verify_identity and not settings.mysql.ssl_ca:
+        raise ConfigError(
+            "mysql.ssl_verify_identity", "needs ssl_ca", "set [mysql] ssl_ca to the CA bundle"
+        )
+    for label, dsn in {
+        "metadata_dsn": settings.metadata_dsn,
+        "mysql.dsn": settings.mysql.dsn,
+    }.items():
+        if not is_mysql_dsn(dsn):
+            continue
+        info = parse_dsn(str(dsn), label)
+        tls = settings.mysql.ssl_ca or any(k.startswith("ssl") for k in info.params)
+        if not tls and not is_loopback(info.host):
+            warnings.append(
+                f"{label}: no TLS to remote host {info.host}: credentials and data travel in "
+                "clear text (set [mysql] ssl_ca)"
+            )
 
 
 def _check_postgres(settings: Settings, warnings: list[str]) -> None:
     """Refuse a pooler for the lock; warn about plain-text connections to remote hosts."""
-    dsns = {"metadata_dsn": settings.metadata_dsn, "postgres.dsn": settings.lock_dsn}
+    dsns = {
+        label: dsn
+        for label, dsn in (
+            ("metadata_dsn", settings.metadata_dsn),
+            ("postgres.dsn", settings.lock_dsn),
+        )
+        if not is_mysql_dsn(dsn)
+    }
     if settings.backend == "postgres" and settings.lock_dsn:
         info = parse_dsn(settings.lock_dsn, "postgres.dsn")
         if looks_like_pooler(info) and not settings.postgres.allow_pooler:
@@ -329,6 +396,28 @@ def _postgres_only(label: str, dsn: str) -> str:
     return normalized
 
 
+def _mysql_only(label: str, dsn: str) -> str:
+    normalized = normalize_mysql_url(dsn)
+    if normalized is None:
+        raise ConfigError(
+            label,
+            f"{redact_dsn(dsn)} is not a MySQL DSN",
+            "use mysql://user@host:3306/db (mysql+pymysql:// and mysql+mysqldb:// work too)",
+        )
+    return normalized
+
+
+def _metadata_only(label: str, dsn: str) -> str:
+    normalized = normalize_metadata_url(dsn)
+    if normalized is None:
+        raise ConfigError(
+            label,
+            f"{redact_dsn(dsn)} is neither a PostgreSQL nor a MySQL DSN",
+            "use postgresql://user@host:5432/db or mysql://user@host:3306/db",
+        )
+    return normalized
+
+
 def _airflow_dsn(env: Mapping[str, str], warnings: list[str]) -> str | None:
     """The metadata DB from Airflow's own settings (plain, `_CMD` or `_SECRET`)."""
     for var in AIRFLOW_CONN_VARS:
@@ -339,11 +428,11 @@ def _airflow_dsn(env: Mapping[str, str], warnings: list[str]) -> str | None:
             value = _airflow_secret(var + "_SECRET", env)
         if not value:
             continue
-        normalized = normalize_sqlalchemy_url(value)
+        normalized = normalize_metadata_url(value)
         if normalized is None:
             warnings.append(
-                f"{var} is {redact_dsn(value)}, not PostgreSQL: no metadata DB for member "
-                "tables and health (set metadata_dsn to a PostgreSQL database to enable them)"
+                f"{var} is {redact_dsn(value)}, neither PostgreSQL nor MySQL: no metadata DB for "
+                "member tables and health (set metadata_dsn to enable them)"
             )
             return None
         return normalized

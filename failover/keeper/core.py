@@ -36,7 +36,13 @@ from collections.abc import Sequence
 
 from failover.airflow.prewarm import parse_with_command
 from failover.keeper import proctree
-from failover.keeper.proof import LockFileProof, PgSessionProof, Proof, boottime
+from failover.keeper.proof import (
+    LockFileProof,
+    MySQLLockProof,
+    PgSessionProof,
+    Proof,
+    boottime,
+)
 from failover.keeper.warm import Warm, airflow_python
 
 EXIT_LOCK_BUSY = 3
@@ -211,6 +217,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
     p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
     p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
+    p.add_argument("--mysql-dsn-env", help="env var with the DSN of the MySQL proof session")
     p.add_argument(
         "--prewarm", action="store_true", help="keep `airflow scheduler` imported while warm"
     )
@@ -226,6 +233,9 @@ def _proof(args: argparse.Namespace) -> Proof | None:
         # The DSN (with its password) reaches us by env, never argv, and not the child.
         dsn = os.environ.pop(args.pg_dsn_env, "")
         return PgSessionProof(dsn, args.name, args.pg_channel, args.pg_epoch_table)
+    if args.mysql_dsn_env:
+        dsn = os.environ.pop(args.mysql_dsn_env, "")
+        return MySQLLockProof(dsn, args.name, args.pg_epoch_table)
     if args.lock_file:
         return LockFileProof(args.lock_file, args.lock_wait)
     return None
