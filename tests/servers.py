@@ -848,7 +848,7 @@ class MariaDBServer:
         if self._as_mysql:
             kwargs.update(user="mysql", group="mysql", extra_groups=[])
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYSQL")}
-        env.update(LC_ALL="C", LANG="C", TZ="UTC", HOME=str(self.dir))
+        env.update(LC_ALL="C", LANG="C", TZ="UTC", HOME=str(self.dir), TMPDIR=str(self.dir))
         kwargs["env"] = env
         return kwargs
 
@@ -861,6 +861,7 @@ class MariaDBServer:
                     f"--datadir={self.data_dir}",
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
+                    f"--tmpdir={self.dir}",
                     "--skip-name-resolve",
                     "--innodb-buffer-pool-size=16M",
                 ],
@@ -887,6 +888,7 @@ class MariaDBServer:
             f"--log-error={self.log_path}",
             "--skip-name-resolve",
             "--skip-log-bin",
+            f"--tmpdir={self.dir}",
             "--innodb-buffer-pool-size=32M",
             "--innodb-log-file-size=16M",
             "--innodb-flush-log-at-trx-commit=2",  # the page cache survives process kills
