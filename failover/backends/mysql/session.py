@@ -194,7 +194,7 @@ class Session:
             sock = conn._sock
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                idle = max(1, math.floor(t.lease / 3))
+                idle = min(max(1, math.floor(t.lease / 3)), 32767)  # the kernel caps it
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
