@@ -281,3 +281,40 @@ def test_wrong_password_retries_without_crash_loop(tmp_path: Path, my_server: An
         assert not cluster.live_children()
     finally:
         cluster.stop_all()
+
+
+def test_zookeeper_mode_with_a_mysql_metadata_db(
+    tmp_path: Path, zk_chroot: str, my_dsn: str
+) -> None:
+    """The election in ZooKeeper, the member tables and health in MySQL."""
+    cluster = Cluster(
+        tmp_path,
+        settings={"backend": "zookeeper", "zookeeper.hosts": zk_chroot, "metadata_dsn": my_dsn},
+        probe_args=("--fork", "1", "--escape", "session"),
+    )
+    try:
+        with Sampler(cluster.tag) as sampler:
+            cluster.start_all()
+            leader, epoch = cluster.leader_child()
+            wait_until(
+                lambda: (
+                    len(query(my_dsn, "SELECT node FROM failover_member WHERE cluster = 't'")) == 3
+                ),
+                10,
+                "three member rows in MySQL",
+            )
+            cluster.signal(leader, signal.SIGKILL)
+            _, new_epoch = cluster.leader_child(exclude=[leader], timeout=30)
+            assert int(new_epoch) > int(epoch)
+            history = query(my_dsn, "SELECT epoch FROM failover_history WHERE cluster = 't'")
+            wait_until(
+                lambda: (
+                    (int(new_epoch),)
+                    in query(my_dsn, "SELECT epoch FROM failover_history WHERE cluster = 't'")
+                ),
+                10,
+                f"history row of epoch {new_epoch} (have {history})",
+            )
+        sampler.assert_clean()
+    finally:
+        cluster.stop_all()
