@@ -333,7 +333,9 @@ def _error(tmp_path: Path, toml: str) -> ConfigError:
 
 def test_choices_are_listed_as_words_not_a_tuple(tmp_path: Path) -> None:
     text = str(_error(tmp_path, 'backend = "etcd"\n'))
-    assert "use one of local, postgres, mysql, zookeeper" in text and "(" not in text.split("use")[1]
+    assert (
+        "use one of local, postgres, mysql, zookeeper" in text and "(" not in text.split("use")[1]
+    )
     assert "use one of auto, json, console" in str(_error(tmp_path, '[log]\nformat = "x"\n'))
 
 

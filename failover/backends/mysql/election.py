@@ -121,7 +121,7 @@ class MySQLElection(ElectionBackend):
         quiet = min(float(idle or 0), float(silent) if silent is not None else 1e9)
         if command != "Sleep" or quiet <= lease:
             return False
-        return kill(self._q, [int(conn_id)]) > 0
+        return kill(self._q, {self.lock_name: int(conn_id)}) > 0
 
     def renew(self) -> bool:
         if not self._holding:
@@ -201,7 +201,7 @@ class MySQLElection(ElectionBackend):
             )
             wait = lease if keepers else lease - uptime
             return FenceReport(pending=len(keepers) or 1, wait_seconds=wait, detail=why)
-        killed = kill(self._q, sorted(set(keepers.values())))
+        killed = kill(self._q, keepers)
         if killed == len(set(keepers.values())):
             self._q(
                 f"UPDATE {self.table} SET lease_seconds = %s, fenced_epoch = %s "
