@@ -1,7 +1,7 @@
 """Takeover latency per backend and scenario; prints a Markdown table and writes it to
 bench/results/takeover.md.
 
-    python bench/takeover.py [--runs 20] [--backends local,postgres] [--scenarios ...]
+    python bench/takeover.py [--runs 20] [--backends local,postgres,mysql] [--scenarios ...]
 
 Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
   graceful  SIGTERM the leader daemon; gap = new child's exec - old child's SIGTERM
@@ -11,7 +11,8 @@ Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
   partition cut the leader's host from the backend (every daemon in its own network
             namespace, veth link down: packets vanish); time from the cut to the new
             child's exec; then heal and wait until the old leader follows (postgres and
-            zookeeper; local has no network: n/a)
+            zookeeper and mysql; local has no network: n/a)
+mysql runs on a private MariaDB (Debian's mariadb-server), like the tests.
 "The new child's exec" is the creation time of the new child process (/proc starttime,
 10 ms resolution); the child's own start-up (Python, Airflow imports) comes on top.
 """
@@ -46,7 +47,7 @@ SETTINGS = {
 }
 TARGETS = {
     "graceful": "<= 0.2 s gap",
-    "kill9": "<= 1 s (postgres), <= session timeout + 0.5 s (zookeeper)",
+    "kill9": "<= 1 s (postgres, mysql), <= session timeout + 0.5 s (zookeeper)",
     "sigstop": f"<= lease + 1 s = {LEASE + 1:g} s",
     "kill9child": "restart on the same leader after the 1 s backoff",
     "partition": f"<= lease + 1 s = {LEASE + 1:g} s",
@@ -131,6 +132,9 @@ def bench(
         dsn = make_dsn()
         settings["postgres.dsn"] = dsn
         probe = ("--pg-dsn", dsn)
+    if backend == "mysql":
+        assert make_dsn is not None
+        settings["mysql.dsn"] = make_dsn()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         cluster = Cluster(Path(tmp), settings=settings, probe_args=probe)
         try:
@@ -163,7 +167,7 @@ def partition_run(cluster: Cluster, hosts: dict[str, Host]) -> float:
 
 def bench_partition(backend: str, runs: int, zk_hosts: str | None = None) -> list[float]:
     """Every daemon in a network namespace of its own, reaching the backend over its veth."""
-    from tests.servers import PostgresServer
+    from tests.servers import FAILOVER_PASSWORD, FAILOVER_USER, MariaDBServer, PostgresServer
 
     settings = dict(SETTINGS, backend=backend)
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -185,6 +189,15 @@ def bench_partition(backend: str, runs: int, zk_hosts: str | None = None) -> lis
             for node, h in hosts.items():
                 mine = dsn.replace("127.0.0.1", h.host_ip)
                 endpoint[node] = {"postgres.dsn": mine, "--pg-dsn": mine}
+        elif backend == "mysql":
+            ips = ",".join(h.host_ip for h in hosts.values())
+            my = MariaDBServer(settings={"bind_address": f"127.0.0.1,{ips}"})
+            my.start()
+            stack.callback(my.close)
+            my.create_database("t_bench_partition")
+            dsn = my.dsn("t_bench_partition", user=FAILOVER_USER, password=FAILOVER_PASSWORD)
+            for node, h in hosts.items():
+                endpoint[node] = {"mysql.dsn": dsn.replace("127.0.0.1", h.host_ip)}
         else:
             assert zk_hosts is not None
             port = int(zk_hosts.rsplit(":", 1)[1])
@@ -242,6 +255,15 @@ def main() -> int:
         server.start()
         counter = iter(range(1000))
         make_dsn = lambda: server.create_database(f"bench_{next(counter)}")  # noqa: E731
+    my_server = None
+    my_dsn = None
+    if "mysql" in backends:
+        from tests.servers import MariaDBServer
+
+        my_server = MariaDBServer()
+        my_server.start()
+        my_counter = iter(range(1000))
+        my_dsn = lambda: my_server.create_database(f"t_bench_{next(my_counter)}")  # noqa: E731
     zk = None
     zk_hosts = None
     if "zookeeper" in backends:
@@ -266,12 +288,15 @@ def main() -> int:
                         [] if backend == "local" else bench_partition(backend, args.runs, zk_hosts)
                     )
                 else:
-                    values = bench(backend, scenario, args.runs, make_dsn, zk_hosts)
+                    dsns = my_dsn if backend == "mysql" else make_dsn
+                    values = bench(backend, scenario, args.runs, dsns, zk_hosts)
                 lines.append(row(backend, scenario, values))
                 print(lines[-1], flush=True)
     finally:
         if server is not None:
             server.close()
+        if my_server is not None:
+            my_server.close()
         if zk is not None:
             zk.close()
     text = "\n".join(lines) + "\n"

@@ -346,3 +346,27 @@ def test_sweep_ends_older_keeper_sessions(my_dsn: str) -> None:
     finally:
         proof.release()
         store.close()
+
+
+def test_standby_wakes_when_the_lock_goes(my_dsn: str) -> None:
+    import select
+
+    a, b = election(my_dsn, "a"), election(my_dsn, "b")
+    try:
+        assert a.try_acquire() and not b.try_acquire()
+        fd = b.watch_fd()
+        assert fd is not None
+        assert not select.select([fd], [], [], 0.3)[0] and not b.changed()  # nothing yet
+        a.release()
+        assert select.select([b.watch_fd()], [], [], 2.0)[0], "no wake-up on release"
+        assert b.changed() and b.try_acquire()
+        # The holder's session dying (kill -9 of its daemon) wakes a standby as well.
+        assert not a.try_acquire()
+        fd = a.watch_fd()
+        assert fd is not None
+        b.lock.close()
+        assert select.select([fd], [], [], 2.0)[0], "no wake-up when the holder's session ended"
+        assert a.changed() and a.try_acquire()
+    finally:
+        a.close()
+        b.close()

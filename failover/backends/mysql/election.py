@@ -13,6 +13,7 @@ from typing import Any
 from failover.backends.mysql.fence import kill, older_keepers
 from failover.backends.mysql.schema import ensure_schema, tables
 from failover.backends.mysql.session import Session, SessionTimings
+from failover.backends.mysql.wake import ReleaseWatch
 from failover.dsn import with_params
 from failover.errors import BackendUnavailable
 from failover.interfaces import ElectionBackend, FenceReport, LeaderInfo
@@ -51,6 +52,11 @@ class MySQLElection(ElectionBackend):
         self.password = password
         self.lock = Session(dsn, SessionTimings(lease_seconds, timeout), True, self.warn, password)
         self.lock.on_connect = self._take_member_lock
+        self.wake_name = mysql_lock_name(f"failover:{cluster}:wake")
+        self.wake_generation: int | None = None  # the wake lock held on this generation
+        self.watch = ReleaseWatch(
+            dsn, self.wake_name, SessionTimings(lease_seconds, timeout), self.warn, password
+        )
         self.held_generation: int | None = None  # lock held on this session generation
         self.schema_ready = False
         self.previous_silent_for: float | None = None
@@ -101,7 +107,16 @@ class MySQLElection(ElectionBackend):
             if self._q("SELECT GET_LOCK(%s, 0)", (self.lock_name,))[0][0] != 1:
                 return False
         self.held_generation = self.lock.generation
+        self._take_wake_lock()
         return True
+
+    def _take_wake_lock(self) -> None:
+        """Hold the wake lock beside leadership: standbys waiting for it wake the moment it
+        goes. Busy (a standby is just handing it back): the next renew tries again."""
+        if self.wake_generation == self.lock.generation:
+            return
+        if self._q("SELECT GET_LOCK(%s, 0)", (self.wake_name,))[0][0] == 1:
+            self.wake_generation = self.lock.generation
 
     def _fence_vanished_holder(self) -> bool:
         """KILL a holder idle (`Sleep`) past the lease whose last renew is older than the
@@ -130,6 +145,7 @@ class MySQLElection(ElectionBackend):
                 self.held_generation = None
                 return False
         if self._renew_and_record():
+            self._take_wake_lock()
             return True
         self.held_generation = None
         return False
@@ -220,8 +236,9 @@ class MySQLElection(ElectionBackend):
 
     def release(self) -> None:
         if self._holding:
-            try:
-                self._q("DO RELEASE_LOCK(%s)", (self.lock_name,))
+            try:  # leadership first, then the wake lock: woken standbys find it free
+                self._q("DO RELEASE_LOCK(%s), RELEASE_LOCK(%s)", (self.lock_name, self.wake_name))
+                self.wake_generation = None
             except BackendUnavailable:
                 self.lock.close()  # the lock lives as long as its session: end it
                 raise
@@ -259,5 +276,13 @@ class MySQLElection(ElectionBackend):
             return {"FAILOVER_KEEPER_DSN": self.dsn}
         return {"FAILOVER_KEEPER_DSN": with_params(self.dsn, password=self.password())}
 
+    # -- wake-ups ---------------------------------------------------------------------------
+    def watch_fd(self) -> int | None:
+        return self.watch.fileno()
+
+    def changed(self) -> bool:
+        return self.watch.changed()
+
     def close(self) -> None:
+        self.watch.close()
         self.lock.close()
