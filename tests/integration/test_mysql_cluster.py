@@ -318,3 +318,46 @@ def test_zookeeper_mode_with_a_mysql_metadata_db(
         sampler.assert_clean()
     finally:
         cluster.stop_all()
+
+
+def test_cli_pause_resume_switchover(cluster: Cluster, my_dsn: str) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "failover",
+                *args,
+                "--cluster",
+                "t",
+                "--backend",
+                "mysql",
+                "--set",
+                f"mysql.dsn={my_dsn}",
+                "--set",
+                "lease_seconds=3",
+                "--set",
+                "loop_seconds=0.5",
+                "--set",
+                "backend_timeout_seconds=0.5",
+                "--set",
+                "self_fence_margin_seconds=0.5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    with Sampler(cluster.tag) as sampler, KeeperLockSampler(my_dsn, "t") as locks:
+        cluster.start_all()
+        leader, _ = cluster.leader_child()
+        assert cli("pause").returncode == 0
+        assert json.loads(cli("status", "--json").stdout)["paused"] is True
+        assert cli("resume").returncode == 0
+        other = "n2" if leader != "n2" else "n3"
+        done = cli("switchover", "--to", other)
+        assert done.returncode == 0, done.stderr
+        assert cluster.leader_child()[0] == other
+    sampler.assert_clean()
+    locks.assert_clean()
