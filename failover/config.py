@@ -15,6 +15,7 @@ from typing import Any
 
 from failover.errors import ConfigError
 
+# The backend names settings accept; each has a package in failover/backends/ (the registry).
 BACKENDS = ("local", "postgres", "mysql", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -9,9 +9,11 @@ Protocol on the control stream (one line each, ASCII):
                     `RUN-UNTIL <t>`   may run until CLOCK_BOOTTIME t (hard kill at t)
                     `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
                     `KILL`            SIGKILL the whole tree now
+                    `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
                     `ERROR <text>`
-End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm).
+End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
+then, holding a ZooKeeper session and with the daemon's process gone, end that session.
 
 With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
 (failover/airflow/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
@@ -35,7 +37,7 @@ import time
 from collections.abc import Sequence
 
 from failover.airflow.prewarm import parse_with_command
-from failover.keeper import proctree
+from failover.keeper import proctree, zksession
 from failover.keeper.proof import (
     LockFileProof,
     MySQLLockProof,
@@ -73,6 +75,8 @@ class Keeper:
         self.rest_termed = False
         self.reason = ""
         self.warm: Warm | None = None
+        self.session: zksession.Ticket | None = None  # the daemon's ZooKeeper session
+        self.daemon_pid = 0  # 0: not known (a sidecar in another PID namespace)
 
     def send(self, line: str) -> None:
         try:
@@ -139,6 +143,11 @@ class Keeper:
             self.begin_stop("stop requested")
         elif word == "KILL":
             self.hard_kill("kill requested")
+        elif word == zksession.WORD:
+            try:
+                self.session = zksession.Ticket.parse(arg)
+            except ValueError:
+                self.send(f"ERROR bad {word} line")  # never echoed: it holds secrets
         elif word:
             self.send(f"ERROR unknown command {word!r}")
 
@@ -170,6 +179,15 @@ class Keeper:
         limit = min(self.stop_timeout, 5.0) if self.reason == "child exited" else self.stop_timeout
         if elapsed >= limit:
             self.hard_kill("stop timeout")
+
+    def end_daemon_session(self) -> str | None:
+        """After the tree is proven gone: if the daemon died (end of stream and its process
+        gone) while this keeper ran its epoch's child, end its ZooKeeper session, so that the
+        next contender takes over now, not after the session timeout. None: nothing tried."""
+        ticket, self.session = self.session, None
+        if ticket is None or not self.eof or self.child is None or not self._done():
+            return None
+        return zksession.after_daemon_died(ticket, self.daemon_pid)
 
     def _done(self) -> bool:
         main_done = self.child is None or self.exit_code is not None
@@ -343,8 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
         args = init
+        daemon_pid = proctree.peer_pid(control)
     else:
         control = socket.socket(fileno=args.control_fd)
+        daemon_pid = os.getppid()  # the daemon launched us
     rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wr)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -352,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
+    keeper.daemon_pid = daemon_pid
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
         keeper.send(f"ERROR {proof.error}")
@@ -399,6 +420,9 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
     elif not keeper.start(_child_env(name, epoch)):
         return abandon("start failed", EXIT_START_FAILED)
     keeper.run(wake_fd)
+    ended = keeper.end_daemon_session()
+    if ended is not None:
+        print(f"failover.keeper: daemon gone, tree gone: {ended}", file=sys.stderr, flush=True)
     keeper.send(f"GONE {keeper.reason or 'child exited'}")
     if proof is not None:
         proof.release()

@@ -24,6 +24,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_digest_acl
@@ -31,6 +32,7 @@ from kazoo.security import make_digest_acl
 from failover import log
 from failover.config import Settings, zookeeper_session_seconds
 from failover.errors import BackendUnavailable, ConfigError
+from failover.keeper.zksession import Ticket
 from failover.sources import check_private_file
 
 BLATHER = 5  # kazoo's chattiest level; its lines carry session passwords: never forwarded
@@ -250,6 +252,29 @@ class ZkConnection:
     def session_id(self) -> int | None:
         client_id = self.client.client_id
         return int(client_id[0]) if client_id else None
+
+    def ticket(self, session_id: int, contender: str, released: bytes) -> Ticket | None:
+        """What a keeper needs to end session `session_id` (if it is still ours) and mark
+        the breadcrumb `released` while node `contender` exists; paths under our base."""
+        client_id = self.client.client_id
+        if not client_id or int(client_id[0]) != session_id:
+            return None
+        o = self.options
+        hosts, chroot = collect_hosts(o.hosts)
+        return Ticket(
+            hosts=tuple((str(h), int(p)) for h, p in hosts),
+            session_id=session_id,
+            password=bytes(client_id[1]),
+            timeout_ms=int((self.negotiated or o.session_timeout) * 1000),
+            contender=(chroot or "") + self.path(contender),
+            breadcrumb=(chroot or "") + self.path("leader"),
+            released=released,
+            auth=o.auth,
+            use_ssl=o.use_ssl,
+            ca_file=o.ca_file,
+            cert_file=o.cert_file,
+            key_file=o.key_file,
+        )
 
     def _on_negotiated(self, seconds: float) -> None:
         self.negotiated = seconds

@@ -274,7 +274,7 @@ class ZooKeeperElection(ElectionBackend):
         self.crumb_version = got[1].version
         return self._prove(reclaim=False)  # prove afresh: that write may be older than now
 
-    def _crumb(self, epoch: int, released: bool = False) -> bytes:
+    def _crumb(self, epoch: int, released: bool = False, by_keeper: bool = False) -> bytes:
         granted = self.conn.negotiated
         bound = min(self.lease, granted) if granted else self.lease
         info = {
@@ -287,7 +287,20 @@ class ZooKeeperElection(ElectionBackend):
             "pid": os.getpid(),
             "before": asdict(self.previous) if self.previous else None,
         }
+        if by_keeper:
+            info["released_by"] = "keeper"
         return dump(info)
+
+    def keeper_session(self) -> str | None:
+        """Our session for the child's keeper: once this daemon died and the tree is gone, it
+        marks the breadcrumb released (while our contender exists) and closes the session
+        (keeper/zksession.py). While we lead the session cannot change: renew would give
+        leadership up."""
+        if self.leading_session is None or self.contender is None:
+            return None
+        released = self._crumb(self.epoch, released=True, by_keeper=True)
+        ticket = self.conn.ticket(self.leading_session, self.contender.name, released)
+        return ticket.line() if ticket else None
 
     def _txn(self, own: str, writes: list[tuple[str, bytes, int]]) -> Any:
         """Check that our contender exists, then versioned sets: all or nothing."""
@@ -367,6 +380,9 @@ class ZooKeeperElection(ElectionBackend):
         if prev is None:
             return FenceReport(pending=0, detail="no earlier leader on record")
         who = f"{prev.node} of epoch {prev.epoch}"
+        if prev.released and prev.released_by == "keeper":
+            # Written by its keeper only after its daemon died and its tree was proven gone.
+            return FenceReport(pending=0, detail=f"{who} ended; its keeper saw its tree gone")
         if prev.released:
             return FenceReport(pending=0, detail=f"{who} released after its child exited")
         server_now = self.bumped_at[0] + int((time.monotonic() - self.bumped_at[1]) * 1000)
