@@ -183,6 +183,7 @@ class PgSessionProof:
         self.conn = None
 
 
+KEEPER_WAIT_TIMEOUT = 28800  # the servers' default: the keeper's session is idle for hours
 MYSQL_LOCK_NAME_MAX = 64  # GET_LOCK names longer than this are refused (MySQL 5.7+)
 
 
@@ -227,6 +228,8 @@ class MySQLLockProof:
             self.conn = pymysql.connect(
                 **mysql_connect_args(self.dsn), connect_timeout=2, autocommit=True
             )
+            with self.conn.cursor() as cur:  # a short global wait_timeout must not end it
+                cur.execute("SET SESSION wait_timeout = %s", (KEEPER_WAIT_TIMEOUT,))
             sock = self.conn._sock
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for opt, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):

@@ -370,3 +370,15 @@ def test_standby_wakes_when_the_lock_goes(my_dsn: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_keeper_session_survives_a_short_global_wait_timeout(my_factory: Any) -> None:
+    server: MariaDBServer = my_factory(settings={"wait_timeout": "1"})
+    dsn = server.create_database("t_short_wait")
+    proof = MySQLLockProof(dsn, "failover:c:a", None)
+    try:
+        assert proof.prepare() and proof.activate(1)
+        time.sleep(2.5)  # idle past the server's 1 s wait_timeout
+        assert not proof.broken()
+    finally:
+        proof.release()
