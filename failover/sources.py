@@ -22,13 +22,12 @@ from failover.dsn import (
     is_loopback,
     is_mysql_dsn,
     looks_like_pooler,
-    looks_like_proxy,
     normalize_metadata_url,
-    normalize_mysql_url,
     normalize_sqlalchemy_url,
     parse_dsn,
     redact_dsn,
 )
+from failover.dsncheck import check_lock_dsn, check_mysql, metadata_only, mysql_only
 from failover.errors import ConfigError
 from failover.tomlfile import key_origins, read_toml
 
@@ -98,7 +97,7 @@ def _load(
         settings = settings.replace(metadata_dsn=_airflow_dsn(env, warnings))
     else:
         settings = settings.replace(
-            metadata_dsn=_metadata_only("metadata_dsn", settings.metadata_dsn)
+            metadata_dsn=metadata_only("metadata_dsn", settings.metadata_dsn)
         )
     if settings.postgres.dsn:
         pg = dataclasses.replace(
@@ -106,11 +105,11 @@ def _load(
         )
         settings = settings.replace(postgres=pg)
     if settings.mysql.dsn:
-        my = dataclasses.replace(settings.mysql, dsn=_mysql_only("mysql.dsn", settings.mysql.dsn))
+        my = dataclasses.replace(settings.mysql, dsn=mysql_only("mysql.dsn", settings.mysql.dsn))
         settings = settings.replace(mysql=my)
-    _check_lock_dsn(settings)
+    check_lock_dsn(settings)
     _check_postgres(settings, warnings)
-    _check_mysql(settings, warnings)
+    check_mysql(settings, warnings)
     _check_prewarm(settings, warnings)
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
@@ -188,51 +187,6 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
         )
         settings = settings.replace(mysql=my)
     return settings
-
-
-def _check_lock_dsn(settings: Settings) -> None:
-    """The lock database must speak the backend's dialect (metadata_dsn may be either)."""
-    dsn = settings.lock_dsn
-    if settings.backend not in ("postgres", "mysql") or not dsn:
-        return
-    if (settings.backend == "mysql") != is_mysql_dsn(dsn):
-        field = f"{settings.backend}.dsn"
-        want = "a MySQL" if settings.backend == "mysql" else "a PostgreSQL"
-        raise ConfigError(
-            field,
-            f"{redact_dsn(dsn)} is not {want} DSN (the {settings.backend} backend locks there)",
-            f"set [{settings.backend}] dsn to {want} database, or change backend",
-        )
-
-
-def _check_mysql(settings: Settings, warnings: list[str]) -> None:
-    """Refuse a proxy for the lock; warn about plain-text connections to remote hosts."""
-    if settings.backend == "mysql" and settings.lock_dsn:
-        info = parse_dsn(settings.lock_dsn, "mysql.dsn")
-        if looks_like_proxy(info) and not settings.mysql.allow_proxy:
-            raise ConfigError(
-                "mysql.dsn",
-                f"{info.host}:{info.port} looks like RDS Proxy or ProxySQL; named locks need "
-                "a direct connection",
-                "point it at the database itself, or set [mysql] allow_proxy = true",
-            )
-    if settings.mysql.ssl_verify_identity and not settings.mysql.ssl_ca:
-        raise ConfigError(
-            "mysql.ssl_verify_identity", "needs ssl_ca", "set [mysql] ssl_ca to the CA bundle"
-        )
-    for label, dsn in {
-        "metadata_dsn": settings.metadata_dsn,
-        "mysql.dsn": settings.mysql.dsn,
-    }.items():
-        if not is_mysql_dsn(dsn):
-            continue
-        info = parse_dsn(str(dsn), label)
-        tls = settings.mysql.ssl_ca or any(k.startswith("ssl") for k in info.params)
-        if not tls and not is_loopback(info.host):
-            warnings.append(
-                f"{label}: no TLS to remote host {info.host}: credentials and data travel in "
-                "clear text (set [mysql] ssl_ca)"
-            )
 
 
 def _check_postgres(settings: Settings, warnings: list[str]) -> None:
@@ -392,28 +346,6 @@ def _postgres_only(label: str, dsn: str) -> str:
             label,
             f"{redact_dsn(dsn)} is not a PostgreSQL DSN",
             "use postgresql://user@host:5432/db or key=value libpq form",
-        )
-    return normalized
-
-
-def _mysql_only(label: str, dsn: str) -> str:
-    normalized = normalize_mysql_url(dsn)
-    if normalized is None:
-        raise ConfigError(
-            label,
-            f"{redact_dsn(dsn)} is not a MySQL DSN",
-            "use mysql://user@host:3306/db (mysql+pymysql:// and mysql+mysqldb:// work too)",
-        )
-    return normalized
-
-
-def _metadata_only(label: str, dsn: str) -> str:
-    normalized = normalize_metadata_url(dsn)
-    if normalized is None:
-        raise ConfigError(
-            label,
-            f"{redact_dsn(dsn)} is neither a PostgreSQL nor a MySQL DSN",
-            "use postgresql://user@host:5432/db or mysql://user@host:3306/db",
         )
     return normalized
 
