@@ -54,6 +54,12 @@ def check_mysql(settings: Settings, warnings: list[str]) -> None:
             continue
         info = parse_dsn(str(dsn), label)
         tls = settings.mysql.ssl_ca or any(k.startswith("ssl") for k in info.params)
+        if settings.mysql.iam_auth and not tls:
+            raise ConfigError(
+                "mysql.iam_auth",
+                f"RDS accepts IAM tokens only over TLS, and {label} has none",
+                "set [mysql] ssl_ca to the RDS CA bundle",
+            )
         if not tls and not is_loopback(info.host):
             warnings.append(
                 f"{label}: no TLS to remote host {info.host}: credentials and data travel in "

@@ -111,3 +111,9 @@ def test_long_names_allowed_with_a_mysql_metadata_db(tmp_path: Path) -> None:
     node = "n" * 60  # too long for PostgreSQL application names, hashed in MySQL lock names
     s = load(backend="mysql", node=node, **{"mysql.dsn": "mysql://u@127.0.0.1/a"})
     assert s.node == node
+
+
+def test_iam_auth_needs_tls() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(backend="mysql", **{"mysql.dsn": "mysql://u@db.example/a", "mysql.iam_auth": "true"})
+    assert err.value.field == "mysql.iam_auth" and "ssl_ca" in str(err.value)
