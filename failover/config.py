@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failover.dsn import check_zk_hosts
 from failover.errors import ConfigError
+from failover.group import main_first, validate_components
 
 # The backend names settings accept; each has a package in failover/backends/ (the registry).
-BACKENDS = ("local", "postgres", "zookeeper")
+BACKENDS = ("local", "postgres", "mysql", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-COMPONENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
-ZK_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -48,6 +48,27 @@ class PostgresSettings:
     notify: bool = field(default=True, metadata=_doc("LISTEN/NOTIFY so standbys wake at once"))
     iam_auth: bool = field(
         default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
+
+
+@dataclass(frozen=True)
+class MySQLSettings:
+    dsn: str | None = field(
+        default=None, metadata=_doc("lock connection DSN mysql://... (default: metadata_dsn)")
+    )
+    allow_proxy: bool = field(
+        default=False,
+        metadata=_doc(
+            "allow a DSN that looks like RDS Proxy or ProxySQL (named locks need a "
+            "direct connection)"
+        ),
+    )
+    iam_auth: bool = field(
+        default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
+    ssl_ca: str | None = field(default=None, metadata=_doc("CA bundle: connect with TLS"))
+    ssl_verify_identity: bool = field(
+        default=False, metadata=_doc("with ssl_ca: check the server's host name too")
     )
 
 
@@ -148,11 +169,7 @@ class AirflowSettings:
         default=6.0, metadata=_doc("re-warm the waiting scheduler after this long (0 = never)")
     )
     components: tuple[tuple[str, tuple[str, ...]], ...] = field(
-        default=(),
-        metadata=_doc(
-            "the leader-only group, name -> argv (e.g. scheduler and dag-processor on "
-            "Airflow 3); replaces `command`; the scheduler is started and stopped first"
-        ),
+        default=(), metadata=_doc("the leader-only group, name -> argv; replaces `command`")
     )
 
 
@@ -160,7 +177,7 @@ class AirflowSettings:
 class Settings:
     cluster: str = field(default="airflow", metadata=_doc("election namespace"))
     node: str = field(default_factory=socket.gethostname, metadata=_doc("this candidate's name"))
-    backend: str = field(default="local", metadata=_doc("local, postgres or zookeeper"))
+    backend: str = field(default="local", metadata=_doc("local, postgres, mysql or zookeeper"))
     command: tuple[str, ...] = field(
         default=("airflow", "scheduler"), metadata=_doc("the supervised child")
     )
@@ -187,6 +204,7 @@ class Settings:
         default=False, metadata=_doc("accept secret-holding files readable by group/others")
     )
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    mysql: MySQLSettings = field(default_factory=MySQLSettings)
     zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -198,17 +216,14 @@ class Settings:
 
     @property
     def lock_dsn(self) -> str | None:
+        if self.backend == "mysql":
+            return self.mysql.dsn or self.metadata_dsn
         return self.postgres.dsn or self.metadata_dsn
 
     @property
     def group(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """The leader-only group, main command first: `[airflow] components` with the
-        scheduler moved to the front, else `command` as a group of one."""
-        comps = self.airflow.components
-        if not comps:
-            return (("scheduler", self.command),)
-        first = [c for c in comps if c[0] == "scheduler"] or [comps[0]]
-        return (first[0], *[c for c in comps if c is not first[0]])
+        """The leader-only group, main command (the scheduler) first (group.main_first)."""
+        return main_first(self.airflow.components, self.command)
 
     @property
     def self_fence_seconds(self) -> float:
@@ -221,6 +236,7 @@ class Settings:
 
 SECTIONS: dict[str, type[Any]] = {
     "postgres": PostgresSettings,
+    "mysql": MySQLSettings,
     "zookeeper": ZooKeeperSettings,
     "local": LocalSettings,
     "http": HttpSettings,
@@ -251,7 +267,8 @@ def validate(settings: Settings) -> Settings:
         )
     longest = f"failover:{s.cluster}:{s.node}:{10**9 - 1}:keeper"  # an epoch of 9 digits
     room = PG_NAME_BYTES - len(longest.encode()) + len(s.cluster) + len(s.node)
-    if (s.backend == "postgres" or s.metadata_dsn) and len(longest.encode()) > PG_NAME_BYTES:
+    pg_metadata = bool(s.metadata_dsn) and not str(s.metadata_dsn).startswith("mysql://")
+    if (s.backend == "postgres" or pg_metadata) and len(longest.encode()) > PG_NAME_BYTES:
         # PostgreSQL cuts application_name to 63 bytes: fencing would not see the session.
         raise ConfigError(
             "node",
@@ -261,7 +278,7 @@ def validate(settings: Settings) -> Settings:
         )
     if not s.command or not s.command[0]:
         raise ConfigError("command", "is empty", 'give the child, e.g. ["airflow", "scheduler"]')
-    _validate_components(s)
+    validate_components(s.airflow.components, s.command)
     if not PREFIX_RE.match(s.table_prefix):
         raise ConfigError(
             "table_prefix", f"{s.table_prefix!r} is not a safe SQL prefix", "use [a-z_]"
@@ -280,6 +297,12 @@ def validate(settings: Settings) -> Settings:
             "postgres.dsn",
             "the postgres backend needs a database",
             "set [postgres] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        )
+    if s.backend == "mysql" and not s.lock_dsn:
+        raise ConfigError(
+            "mysql.dsn",
+            "the mysql backend needs a database",
+            "set [mysql] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         )
     if s.backend == "zookeeper":
         _validate_zookeeper(s)
@@ -306,28 +329,6 @@ def validate(settings: Settings) -> Settings:
             "log.level", f"unknown level {s.log.level!r}", "use debug/info/warning/error"
         )
     return s
-
-
-def _validate_components(s: Settings) -> None:
-    comps = s.airflow.components
-    if not comps:
-        return
-    if s.command != ("airflow", "scheduler"):
-        raise ConfigError(
-            "airflow.components",
-            "is set together with command (or -- CMD)",
-            "put every command into [airflow.components], or use command alone",
-        )
-    names = [name for name, _ in comps]
-    for name, argv in comps:
-        if not COMPONENT_RE.match(name) or not argv or not argv[0]:
-            raise ConfigError(
-                "airflow.components",
-                f"component {name!r} needs a name of [a-z0-9_-] and a non-empty argv",
-                'e.g. scheduler = ["airflow", "scheduler"]',
-            )
-    if len(set(names)) != len(names):
-        raise ConfigError("airflow.components", "a name appears twice", "name each once")
 
 
 def _validate_timings(s: Settings) -> None:
@@ -382,7 +383,7 @@ def zookeeper_db_resign_seconds(s: Settings) -> float:
 
 def _validate_zookeeper(s: Settings) -> None:
     zk = s.zookeeper
-    _validate_zk_hosts(zk.hosts)
+    check_zk_hosts(zk.hosts)
     session = zookeeper_session_seconds(s)
     if zk.session_timeout_seconds is not None and not 0 < session <= 300:
         raise ConfigError(
@@ -429,24 +430,6 @@ def _validate_db_resign(s: Settings) -> None:
             "metadata DB would move the scheduler",
             f"use at least {s.lease_seconds:g}, or 0 to never resign for it",
         )
-
-
-def _validate_zk_hosts(hosts: str | None) -> None:
-    example = 'e.g. hosts = "zk1:2181,zk2:2181/airflow"'
-    if not hosts or not hosts.strip():
-        raise ConfigError("zookeeper.hosts", "the zookeeper backend needs servers", example)
-    servers, slash, chroot = hosts.strip().partition("/")
-    path = f"/{chroot}"
-    odd = any(c.isspace() or not c.isprintable() for c in path)
-    if slash and (path.endswith("/") or "//" in path or odd):
-        raise ConfigError("zookeeper.hosts", f"bad chroot {path!r}", example)
-    for server in (part.strip() for part in servers.split(",")):
-        host, colon, port = server.rpartition(":")
-        if not colon or server.endswith("]"):
-            host, colon, port = server, "", ""
-        bad_port = colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
-        if not ZK_HOST_RE.fullmatch(host) or bad_port:
-            raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)
 
 
 def _validate_zk_tls(zk: ZooKeeperSettings) -> None:

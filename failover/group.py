@@ -5,8 +5,11 @@ command (the scheduler) under its keeper, each with its own state, restarts and 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from failover.errors import ConfigError
 
 # What each Airflow command writes into the `job` table (its health row).
 JOB_TYPES = {"scheduler": "SchedulerJob", "dag-processor": "DagProcessorJob"}
@@ -71,6 +74,40 @@ class Component:
             "restarts": self.restarts,
             "health": self.health,
         }
+
+
+COMPONENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+Argv = tuple[str, ...]
+
+
+def main_first(comps: tuple[tuple[str, Argv], ...], command: Argv) -> tuple[tuple[str, Argv], ...]:
+    """The group, main command first: the component named `scheduler` (else the first);
+    without components, `command` as a group of one."""
+    if not comps:
+        return (("scheduler", command),)
+    first = [c for c in comps if c[0] == "scheduler"] or [comps[0]]
+    return (first[0], *[c for c in comps if c is not first[0]])
+
+
+def validate_components(comps: tuple[tuple[str, Argv], ...], command: Argv) -> None:
+    if not comps:
+        return
+    if command != ("airflow", "scheduler"):
+        raise ConfigError(
+            "airflow.components",
+            "is set together with command (or -- CMD)",
+            "put every command into [airflow.components], or use command alone",
+        )
+    names = [name for name, _ in comps]
+    for name, argv in comps:
+        if not COMPONENT_RE.match(name) or not argv or not argv[0]:
+            raise ConfigError(
+                "airflow.components",
+                f"component {name!r} needs a name of [a-z0-9_-] and a non-empty argv",
+                'e.g. scheduler = ["airflow", "scheduler"]',
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError("airflow.components", "a name appears twice", "name each once")
 
 
 def components(group: Sequence[tuple[str, Sequence[str]]]) -> list[Component]:

@@ -4,6 +4,7 @@ about (the shared JWT secret, the execution API, 2.x leftovers). Reads files, on
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import shutil
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from failover.airflow.settings import airflow_setting
+from failover.config import Settings
 
 Group = Sequence[tuple[str, Sequence[str]]]
 SECRET_VARS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API_AUTH__JWT_PRIVATE_KEY_PATH")
@@ -125,3 +127,17 @@ def warnings(group: Group, env: Mapping[str, str]) -> list[str]:
             "([webserver] moved to [api] / [fab]; the DAG processor is always standalone)"
         )
     return out
+
+
+def default_group(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Airflow 3 needs its DAG processor beside the scheduler: with neither `command` nor
+    `[airflow] components` set, the default group there is scheduler + dag-processor."""
+    if settings.airflow.components or settings.command != ("airflow", "scheduler"):
+        return settings
+    if (airflow_major(settings.command, env) or 0) < 3:
+        return settings
+    group = (
+        ("scheduler", ("airflow", "scheduler")),
+        ("dag-processor", ("airflow", "dag-processor")),
+    )
+    return settings.replace(airflow=dataclasses.replace(settings.airflow, components=group))

@@ -12,8 +12,7 @@ Protocol on the control stream (one line each, ASCII):
                     `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
                     `RESTART <name>` / `KILL <name>`  one side component (group.py)
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
-                    `ERROR <text>`; a side component's lines end with its name:
-                    `STARTED <pid> <name>`, `EXITED <code> <name>`
+                    `ERROR <text>`; a side component's STARTED/EXITED end with its name
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
 then, holding a ZooKeeper session and with the daemon's process gone, end that session.
 
@@ -41,7 +40,13 @@ from collections.abc import Sequence
 from failover.airflow.prewarm import parse_with_command
 from failover.keeper import proctree, zksession
 from failover.keeper.group import Group, parse_component
-from failover.keeper.proof import LockFileProof, PgSessionProof, Proof, boottime
+from failover.keeper.proof import (
+    LockFileProof,
+    MySQLLockProof,
+    PgSessionProof,
+    Proof,
+    boottime,
+)
 from failover.keeper.warm import Warm, airflow_python
 
 EXIT_LOCK_BUSY = 3
@@ -95,10 +100,6 @@ class Keeper:
             return False
         self.send(f"STARTED {self.child.pid}")
         return True
-
-    def start_group(self, env: dict[str, str]) -> None:
-        if self.group is not None:
-            self.group.start_all(env)
 
     def hard_kill(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -246,6 +247,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
     p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
     p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
+    p.add_argument("--mysql-dsn-env", help="env var with the DSN of the MySQL proof session")
     p.add_argument(
         "--prewarm", action="store_true", help="keep `airflow scheduler` imported while warm"
     )
@@ -264,6 +266,9 @@ def _proof(args: argparse.Namespace) -> Proof | None:
         # The DSN (with its password) reaches us by env, never argv, and not the child.
         dsn = os.environ.pop(args.pg_dsn_env, "")
         return PgSessionProof(dsn, args.name, args.pg_channel, args.pg_epoch_table)
+    if args.mysql_dsn_env:
+        dsn = os.environ.pop(args.mysql_dsn_env, "")
+        return MySQLLockProof(dsn, args.name, args.pg_epoch_table)
     if args.lock_file:
         return LockFileProof(args.lock_file, args.lock_wait)
     return None
@@ -431,7 +436,8 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
         keeper.child = warm_child  # the pre-warmed scheduler runs from here
     elif not keeper.start(_child_env(name, epoch)):
         return abandon("start failed", EXIT_START_FAILED)
-    keeper.start_group(_child_env(name, epoch))
+    if keeper.group is not None:
+        keeper.group.start_all(_child_env(name, epoch))
     keeper.run(wake_fd)
     ended = keeper.end_daemon_session()
     if ended is not None:
