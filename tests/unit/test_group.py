@@ -148,3 +148,27 @@ def test_member_row_carries_the_components_for_status() -> None:
     assert decode("running") == ("running", [])
     assert job_type(["/venv/bin/airflow", "triggerer"]) == "TriggererJob"
     assert job_type(["python", "x.py"]) is None
+
+
+def test_status_table_shows_components() -> None:
+    from failover.ops.status import render
+
+    member = {
+        "node": "n1",
+        "role": "leader",
+        "epoch": 3,
+        "heartbeat_age": 0.4,
+        "child": "running",
+        "child_pid": 10,
+        "components": decode("running|dag-processor:running:11:2")[1],
+    }
+    status = {
+        "cluster": "c",
+        "backend": "local",
+        "paused": False,
+        "switchover_to": None,
+        "members": [member],
+        "healthy_leader": True,
+    }
+    text = render(status)
+    assert "COMPONENTS" in text and "dag-processor running 11 (2 restarts)" in text
