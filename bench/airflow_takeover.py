@@ -153,7 +153,11 @@ def bench(
             c.start_all()
             values = []
             for _ in range(runs):
-                values.append(one_run(c, db, scenario, prewarm))
+                try:
+                    values.append(one_run(c, db, scenario, prewarm))
+                except AssertionError:
+                    print(c.dump_logs(), file=sys.stderr)
+                    raise
                 time.sleep(1.0)
             return values
         finally:
