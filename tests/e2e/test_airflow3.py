@@ -121,15 +121,19 @@ def test_kill9_leader_daemon_moves_the_group(group: Cluster, airflow3_db: Airflo
 
 
 def dag_processor_pid(c: Cluster, node: str) -> int:
-    """The `airflow dag-processor` main process of `node`'s group (a child of its keeper)."""
+    """The `airflow dag-processor` main process of `node`'s group (a child of its keeper);
+    0 while there is none."""
     for keeper, (owner, _) in keeper_trees(c.cluster).items():
         if owner != node:
             continue
         for pid in keeper_children(keeper):
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"dag-processor" in f.read():
-                    return pid
-    raise AssertionError(f"no dag-processor under {node}'s keeper")
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"dag-processor" in f.read():
+                        return pid
+            except OSError:
+                continue
+    return 0
 
 
 def test_hung_dag_processor_is_restarted_alone_then_graceful_handover(
