@@ -113,3 +113,29 @@ def test_daemon_without_a_connected_keeper_does_not_lead(tmp_path: Path) -> None
         assert not c.live_children()
     finally:
         c.stop_all()
+
+
+def test_sidecar_keeper_runs_the_group_the_daemon_sends(tmp_path: Path) -> None:
+    """The keeper container names only the scheduler; the other components of the group come
+    from the daemon in INIT, run in the keeper's session and die with the daemon."""
+    sock = tmp_path / "k.sock"
+    c = Cluster(tmp_path / "daemons", nodes=("p1",), settings={"keeper.listen": str(sock)})
+    main = [sys.executable, PROBE, "--tag", c.tag, "--record", str(c.records)]
+    side_records = tmp_path / "side.log"
+    side = [sys.executable, PROBE, "--tag", c.tag, "--record", str(side_records)]
+    c.components = {"scheduler": main, "dag-processor": side}
+    container = Container(
+        [sys.executable, "-m", "failover", "keeper", "--connect", str(sock), "--", *main],
+        tmp_path / "keeper.log",
+    )
+    try:
+        c.start("p1")
+        _, epoch = c.leader_child()
+        wait_until(lambda: read_records(side_records), 15, "the side component")
+        assert read_records(side_records)[0]["epoch"] == epoch
+        assert len(c.live_children()) == 2
+        c.signal("p1", signal.SIGKILL)
+        wait_until(lambda: not c.live_children(), 10, "the group to die with the daemon")
+    finally:
+        c.stop_all()
+        container.close()
