@@ -315,8 +315,8 @@ class Child:
             side.pid, side.state = int(arg), "running"
             return
         side.exit_code = int(arg) if arg.lstrip("-").isdigit() else None
-        if self.stop_sent or self.state is not ChildState.RUNNING:
-            side.state, side.pid = "stopped", None
+        if self.stop_sent or self.exit_code is not None or self.state is not ChildState.RUNNING:
+            side.state, side.pid = "stopped", None  # the group is ending: not its failure
             return
         policy = self.policy
         backoff = (policy.backoff_initial, policy.backoff_max)

@@ -90,6 +90,14 @@ def test_side_exits_during_a_stop_are_not_failures() -> None:
     launcher.last.inbox.extend(["EXITED 0", "EXITED 0 dag-processor", "GONE stop requested"])
     child.poll(0.2)
     assert child.state is ChildState.STOPPED and child.sides["dag-processor"].fast_failures == 0
+    child.start(1, 1, 99.0, {})  # the scheduler crashes: the keeper ends the rest of the group
+    launcher.last.inbox.extend(["STARTED 20", "STARTED 21 dag-processor"])
+    child.poll(1.1)
+    launcher.last.inbox.extend(["EXITED 1", "EXITED -15 dag-processor"])
+    child.poll(1.2)
+    side = child.sides["dag-processor"]
+    assert side.fast_failures == 0 and side.state == "stopped"
+    assert "RESTART dag-processor" not in launcher.last.sent
 
 
 def test_hung_side_component_is_killed_alone_by_its_own_threshold() -> None:
