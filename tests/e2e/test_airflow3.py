@@ -148,6 +148,7 @@ def test_hung_dag_processor_is_restarted_alone_then_graceful_handover(
         c.start_all()
         leader = wait_until(lambda: heartbeating(db.dsn, "DagProcessorJob"), 120, "dag-proc", 0.2)
         hung = wait_until(lambda: dag_processor_pid(c, leader), 30, "its pid", 0.2)
+        wait_until(lambda: heartbeating(db.dsn, "SchedulerJob") == leader, 120, "scheduler", 0.2)
         scheduler_jobs = rows(db.dsn, "SELECT id FROM job WHERE job_type = 'SchedulerJob'")
         os.kill(hung, signal.SIGSTOP)  # its DagProcessorJob heartbeat stops (threshold 10 s)
         t0 = time.monotonic()
