@@ -147,11 +147,15 @@ class Keeper:
         if not data:
             self.eof = True
             return False
+        self.feed(data)
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Handle the complete lines of what the daemon sent; keep a partial one."""
         self.buffer += data
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
             self._handle_line(raw.decode("ascii", "replace"))
-        return True
 
     def _escalate(self, now: float) -> None:
         if self.stop_started is None:
@@ -263,8 +267,11 @@ def _connect(path: str) -> socket.socket:
             delay = min(delay * 2, 2.0)
 
 
-def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace | None:
-    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env."""
+def _read_init(
+    sock: socket.socket, argv: Sequence[str]
+) -> tuple[argparse.Namespace, bytes] | None:
+    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env; the
+    bytes after it (a `GO` sent right behind it can arrive in the same read) are returned."""
     data = b""
     while b"\n" not in data:
         chunk = sock.recv(65536)
@@ -273,12 +280,13 @@ def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace |
         data += chunk
     line, _, rest = data.partition(b"\n")
     word, _, payload = line.decode("utf-8", "replace").partition(" ")
-    if word != "INIT" or rest:
+    if word != "INIT":
         return None
     init = json.loads(payload)
     os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
     command = list(argv[argv.index("--") :]) if "--" in argv else []
-    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    args = _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    return args, rest
 
 
 def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
@@ -327,12 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.setsid()
         except PermissionError:
             pass  # a process-group leader already (a shell's job): descent still finds all
+    early = b""
     if args.connect:
         control = _connect(args.connect)
         init = _read_init(control, argv)
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
-        args = init
+        args, early = init
     else:
         control = socket.socket(fileno=args.control_fd)
     rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -342,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
+    keeper.feed(early)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
         keeper.send(f"ERROR {proof.error}")
