@@ -90,3 +90,8 @@ def remove_pod(name: str) -> None:
 
 def remove_container(name: str) -> None:
     podman("rm", "-f", "-t", "0", name, check=False, timeout=60)
+
+
+def image_exists(tag: str) -> bool:
+    done = subprocess.run(["podman", "image", "exists", tag], capture_output=True, check=False)
+    return done.returncode == 0

@@ -16,6 +16,7 @@ Everything else (commands, socket path, the shared emptyDir, users, probes) is t
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from ..harness import read_records, tagged_processes
 from .podman import CONTROLLER_IMAGE, ROOT, podman, remove_pod
 
 MANIFEST = ROOT / "docker" / "k8s" / "scheduler-sidecar.yaml"
@@ -85,6 +87,14 @@ class CandidatePod:
 
     def status(self, path: str = "/leader") -> int:
         return http_status(self.port, path)
+
+    def role(self) -> str:
+        """The daemon's role from /status ("down" when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=2) as r:
+                return str(json.load(r).get("role", "?"))
+        except OSError:
+            return "down"
 
 
 @dataclass
@@ -162,6 +172,23 @@ class PodPair:
         """The one pod whose /leader answers 200 (None when none or both do)."""
         leaders = [p for p in self.pods if p.status("/leader") == 200]
         return leaders[0] if len(leaders) == 1 else None
+
+    def one_tree(self) -> tuple[CandidatePod, str] | None:
+        """(leader pod, epoch) when exactly one pod leads and only its probe tree is alive."""
+        leader = self.leader()
+        procs = tagged_processes(self.tag)
+        owners = {(v["node"], v["epoch"]) for v in procs.values()}
+        if leader is None or len(procs) != 2 or len(owners) != 1:  # probe + its grandchild
+            return None
+        ((node, epoch),) = owners
+        return (leader, epoch) if node == leader.pod else None
+
+    def started(self, pod: CandidatePod, after_epoch: str) -> dict[str, str] | None:
+        """The probe's `start` record in `pod` with an epoch newer than `after_epoch`."""
+        for r in read_records(self.records):
+            if r["word"] == "start" and r["node"] == pod.pod and int(r["epoch"]) > int(after_epoch):
+                return r
+        return None
 
     def other(self, pod: CandidatePod) -> CandidatePod:
         (other,) = [p for p in self.pods if p is not pod]

@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..harness import Sampler, read_records, tagged_processes, wait_until
+from ..harness import Sampler, read_records, wait_until
 from .podman import podman
-from .pods import CandidatePod, PodPair, boottime
+from .pods import PodPair, boottime
 
 pytestmark = pytest.mark.containers
 
@@ -41,69 +39,48 @@ def logs_on_failure(p: PodPair) -> Iterator[None]:
         raise
 
 
-def role(pod: CandidatePod) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{pod.port}/status", timeout=2) as resp:
-            return str(json.load(resp).get("role", "?"))
-    except OSError:
-        return "down"
-
-
-def one_tree(p: PodPair) -> tuple[CandidatePod, str] | None:
-    """(leader pod, epoch) when exactly one pod leads and only its probe tree is alive."""
-    leader = p.leader()
-    procs = tagged_processes(p.tag)
-    owners = {(v["node"], v["epoch"]) for v in procs.values()}
-    if leader is None or len(procs) != 2 or len(owners) != 1:  # probe + its grandchild
-        return None
-    ((node, epoch),) = owners
-    return (leader, epoch) if node == leader.pod else None
-
-
-def started(p: PodPair, pod: CandidatePod, after_epoch: str) -> dict[str, str] | None:
-    for r in read_records(p.records):
-        if r["word"] == "start" and r["node"] == pod.pod and int(r["epoch"]) > int(after_epoch):
-            return r
-    return None
-
-
 def test_sidecar_pods_kill9_takeover_restart_and_graceful_switchover(pair: PodPair) -> None:
     p = pair
     a = p.add(f"{p.tag}-a")
     b = p.add(f"{p.tag}-b")
     with logs_on_failure(p), Sampler(p.tag) as sampler:
-        leader, epoch = wait_until(lambda: one_tree(p), 90, "one scheduler in the two pods")
+        leader, epoch = wait_until(p.one_tree, 90, "one scheduler in the two pods")
         standby = p.other(leader)
         assert leader.status("/leader") == 200 and standby.status("/leader") == 503
-        assert standby.status("/healthz") == 200 and role(standby) == "standby"
+        assert standby.status("/healthz") == 200 and standby.role() == "standby"
 
         # kill -9 of the leader's failover container: its keeper ends the scheduler tree in the
         # sibling container, the other pod's scheduler starts.
         killed_at = boottime()
         podman("kill", "-s", "KILL", leader.failover)
-        new = wait_until(lambda: started(p, standby, epoch), 30, "the other pod's scheduler")
+        new = wait_until(lambda: p.started(standby, epoch), 30, "the other pod's scheduler")
         takeover = float(new["t"]) - killed_at
         assert takeover < 10, takeover  # measured figures: bench/results/containers.md
-        wait_until(lambda: one_tree(p), 30, "only the new tree")
+        wait_until(p.one_tree, 30, "only the new tree")
         assert p.leader() is standby
 
         # The killed container comes back (restartPolicy) or is started: it rejoins as standby.
-        if not podman("inspect", "-f", "{{.State.Running}}", leader.failover).strip() == "true":
+        if podman("inspect", "-f", "{{.State.Running}}", leader.failover).strip() != "true":
             podman("start", leader.failover)
-        wait_until(lambda: role(leader) == "standby", 60, "the restarted container as standby")
+        wait_until(lambda: leader.role() == "standby", 60, "the restarted container as standby")
         assert leader.status("/leader") == 503 and standby.status("/leader") == 200
 
         # `podman pod stop` of the leader pod: graceful switchover back.
-        _, epoch2 = wait_until(lambda: one_tree(p), 30, "one tree before the switchover")
+        _, epoch2 = wait_until(p.one_tree, 30, "one tree before the switchover")
         stopped_at = boottime()
         podman("pod", "stop", "-t", "60", standby.pod, timeout=90)
-        back = wait_until(lambda: started(p, leader, epoch2), 30, "the switchover")
+        back = wait_until(lambda: p.started(leader, epoch2), 30, "the switchover")
         switchover = float(back["t"]) - stopped_at
         assert switchover < 10, switchover
-        wait_until(lambda: one_tree(p), 30, "only the switched-over tree")
+        wait_until(p.one_tree, 30, "only the switched-over tree")
         assert p.leader() is leader
         terms = [r for r in read_records(p.records) if r["word"] == "term"]
         assert any(r["node"] == standby.pod and r["epoch"] == epoch2 for r in terms)
+
+        # The stopped pod started again rejoins as standby.
+        podman("pod", "start", standby.pod, timeout=90)
+        wait_until(lambda: standby.role() == "standby", 60, "the restarted pod as standby")
+        assert standby.status("/leader") == 503 and p.leader() is leader
     sampler.assert_clean()
     print(f"pods: kill -9 takeover {takeover:.3f} s, pod stop switchover {switchover:.3f} s")
     del a, b
