@@ -267,9 +267,7 @@ def _connect(path: str) -> socket.socket:
             delay = min(delay * 2, 2.0)
 
 
-def _read_init(
-    sock: socket.socket, argv: Sequence[str]
-) -> tuple[argparse.Namespace, bytes] | None:
+def _read_init(sock: socket.socket, argv: Sequence[str]) -> tuple[argparse.Namespace, bytes] | None:
     """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env; the
     bytes after it (a `GO` sent right behind it can arrive in the same read) are returned."""
     data = b""
