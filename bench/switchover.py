@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from takeover import LEASE, SETTINGS, exec_time
+from takeover import LEASE, SETTINGS, exec_time, start_servers
 
 from tests.harness import Cluster, read_records, wait_until
 
@@ -36,11 +36,8 @@ TARGET = f"<= lease + 1 s = {LEASE + 1:g} s"
 
 
 def client(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = cluster.argv(cluster.nodes[0])
-    sets = [f"--set={v}" for k, v in itertools.pairwise(argv) if k == "--set"]
-    sets = [s for s in sets if not s.startswith(("--set=http.", "--set=log."))]
     return subprocess.run(
-        [sys.executable, "-m", "failover", *args, "--cluster", cluster.cluster, *sets],
+        [sys.executable, "-m", "failover", *args, *cluster.client_args()],
         capture_output=True,
         text=True,
         timeout=120,
@@ -122,17 +119,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "switchover.md"))
     args = p.parse_args()
     backends = args.backends.split(",")
-    pg = zk = None
-    if "postgres" in backends:
-        from tests.servers import PostgresServer
-
-        pg = PostgresServer()
-        pg.start()
-    if "zookeeper" in backends:
-        from tests.servers import ZooKeeperServer
-
-        zk = ZooKeeperServer(tick_time_ms=200, max_session_timeout_ms=20000)
-        zk.start()
+    pg, zk = start_servers(backends)
     lines = [
         f"Switchover to a target that fails at that moment: seconds without a child "
         f"({platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from failover import __version__, log
-from failover.config import Settings
+from failover.config import BACKENDS, Settings
 from failover.errors import ConfigError, FailoverError
 from failover.sources import describe, load_settings
 
@@ -194,8 +194,8 @@ def _common(p: argparse.ArgumentParser, client: bool = True) -> None:
     p.add_argument("--node", help=node)
     p.add_argument(
         "--backend",
-        choices=("local", "postgres", "zookeeper"),
-        help="election backend: local, postgres or zookeeper (default: local)",
+        choices=BACKENDS,
+        help=f"election backend: {', '.join(BACKENDS)} (default: local)",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failover.dsn import check_zk_hosts
 from failover.errors import ConfigError
 
-BACKENDS = ("local", "postgres", "zookeeper")
+# The backend names settings accept; each has a package in failover/backends/ (the registry).
+BACKENDS = ("local", "postgres", "mysql", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
-ZK_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -46,6 +47,27 @@ class PostgresSettings:
     notify: bool = field(default=True, metadata=_doc("LISTEN/NOTIFY so standbys wake at once"))
     iam_auth: bool = field(
         default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
+
+
+@dataclass(frozen=True)
+class MySQLSettings:
+    dsn: str | None = field(
+        default=None, metadata=_doc("lock connection DSN mysql://... (default: metadata_dsn)")
+    )
+    allow_proxy: bool = field(
+        default=False,
+        metadata=_doc(
+            "allow a DSN that looks like RDS Proxy or ProxySQL (named locks need a "
+            "direct connection)"
+        ),
+    )
+    iam_auth: bool = field(
+        default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
+    ssl_ca: str | None = field(default=None, metadata=_doc("CA bundle: connect with TLS"))
+    ssl_verify_identity: bool = field(
+        default=False, metadata=_doc("with ssl_ca: check the server's host name too")
     )
 
 
@@ -151,7 +173,7 @@ class AirflowSettings:
 class Settings:
     cluster: str = field(default="airflow", metadata=_doc("election namespace"))
     node: str = field(default_factory=socket.gethostname, metadata=_doc("this candidate's name"))
-    backend: str = field(default="local", metadata=_doc("local, postgres or zookeeper"))
+    backend: str = field(default="local", metadata=_doc("local, postgres, mysql or zookeeper"))
     command: tuple[str, ...] = field(
         default=("airflow", "scheduler"), metadata=_doc("the supervised child")
     )
@@ -178,6 +200,7 @@ class Settings:
         default=False, metadata=_doc("accept secret-holding files readable by group/others")
     )
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    mysql: MySQLSettings = field(default_factory=MySQLSettings)
     zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -189,6 +212,8 @@ class Settings:
 
     @property
     def lock_dsn(self) -> str | None:
+        if self.backend == "mysql":
+            return self.mysql.dsn or self.metadata_dsn
         return self.postgres.dsn or self.metadata_dsn
 
     @property
@@ -202,6 +227,7 @@ class Settings:
 
 SECTIONS: dict[str, type[Any]] = {
     "postgres": PostgresSettings,
+    "mysql": MySQLSettings,
     "zookeeper": ZooKeeperSettings,
     "local": LocalSettings,
     "http": HttpSettings,
@@ -232,7 +258,8 @@ def validate(settings: Settings) -> Settings:
         )
     longest = f"failover:{s.cluster}:{s.node}:{10**9 - 1}:keeper"  # an epoch of 9 digits
     room = PG_NAME_BYTES - len(longest.encode()) + len(s.cluster) + len(s.node)
-    if (s.backend == "postgres" or s.metadata_dsn) and len(longest.encode()) > PG_NAME_BYTES:
+    pg_metadata = bool(s.metadata_dsn) and not str(s.metadata_dsn).startswith("mysql://")
+    if (s.backend == "postgres" or pg_metadata) and len(longest.encode()) > PG_NAME_BYTES:
         # PostgreSQL cuts application_name to 63 bytes: fencing would not see the session.
         raise ConfigError(
             "node",
@@ -260,6 +287,12 @@ def validate(settings: Settings) -> Settings:
             "postgres.dsn",
             "the postgres backend needs a database",
             "set [postgres] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        )
+    if s.backend == "mysql" and not s.lock_dsn:
+        raise ConfigError(
+            "mysql.dsn",
+            "the mysql backend needs a database",
+            "set [mysql] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         )
     if s.backend == "zookeeper":
         _validate_zookeeper(s)
@@ -340,7 +373,7 @@ def zookeeper_db_resign_seconds(s: Settings) -> float:
 
 def _validate_zookeeper(s: Settings) -> None:
     zk = s.zookeeper
-    _validate_zk_hosts(zk.hosts)
+    check_zk_hosts(zk.hosts)
     session = zookeeper_session_seconds(s)
     if zk.session_timeout_seconds is not None and not 0 < session <= 300:
         raise ConfigError(
@@ -387,24 +420,6 @@ def _validate_db_resign(s: Settings) -> None:
             "metadata DB would move the scheduler",
             f"use at least {s.lease_seconds:g}, or 0 to never resign for it",
         )
-
-
-def _validate_zk_hosts(hosts: str | None) -> None:
-    example = 'e.g. hosts = "zk1:2181,zk2:2181/airflow"'
-    if not hosts or not hosts.strip():
-        raise ConfigError("zookeeper.hosts", "the zookeeper backend needs servers", example)
-    servers, slash, chroot = hosts.strip().partition("/")
-    path = f"/{chroot}"
-    odd = any(c.isspace() or not c.isprintable() for c in path)
-    if slash and (path.endswith("/") or "//" in path or odd):
-        raise ConfigError("zookeeper.hosts", f"bad chroot {path!r}", example)
-    for server in (part.strip() for part in servers.split(",")):
-        host, colon, port = server.rpartition(":")
-        if not colon or server.endswith("]"):
-            host, colon, port = server, "", ""
-        bad_port = colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
-        if not ZK_HOST_RE.fullmatch(host) or bad_port:
-            raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)
 
 
 def _validate_zk_tls(zk: ZooKeeperSettings) -> None:

@@ -235,6 +235,7 @@ class Controller(Standby):
         except (ChildError, BackendUnavailable) as err:
             self._demote("child start failed")
             return f"cannot start the child ({err}); giving leadership up", "child_start_failed"
+        self.child.hand_session(self.backend.keeper_session())
         transition = "elected" if self.role is Role.FENCING else None
         self.role = Role.LEADER
         return f"{prefix}leader with epoch {self.epoch}: starting the child", transition

@@ -122,6 +122,11 @@ class ElectionBackend(abc.ABC):
         """Secrets the keeper needs (passed by env, never argv); removed before the child."""
         return {}
 
+    def keeper_session(self) -> str | None:
+        """A line for the child's keeper: our session, to end once this daemon died and the
+        tree is gone, so a crash is taken over at once (ZooKeeper); None: nothing to hand."""
+        return None
+
     def watch_fd(self) -> int | None:
         """A descriptor that turns readable when leadership may have changed."""
         return None

@@ -20,11 +20,14 @@ from failover.config import SECTIONS, Settings, validate
 from failover.dsn import (
     has_password,
     is_loopback,
+    is_mysql_dsn,
     looks_like_pooler,
+    normalize_metadata_url,
     normalize_sqlalchemy_url,
     parse_dsn,
     redact_dsn,
 )
+from failover.dsncheck import check_lock_dsn, check_mysql, metadata_only, mysql_only
 from failover.errors import ConfigError
 from failover.tomlfile import key_origins, read_toml
 
@@ -94,14 +97,19 @@ def _load(
         settings = settings.replace(metadata_dsn=_airflow_dsn(env, warnings))
     else:
         settings = settings.replace(
-            metadata_dsn=_postgres_only("metadata_dsn", settings.metadata_dsn)
+            metadata_dsn=metadata_only("metadata_dsn", settings.metadata_dsn)
         )
     if settings.postgres.dsn:
         pg = dataclasses.replace(
             settings.postgres, dsn=_postgres_only("postgres.dsn", settings.postgres.dsn)
         )
         settings = settings.replace(postgres=pg)
+    if settings.mysql.dsn:
+        my = dataclasses.replace(settings.mysql, dsn=mysql_only("mysql.dsn", settings.mysql.dsn))
+        settings = settings.replace(mysql=my)
+    check_lock_dsn(settings)
     _check_postgres(settings, warnings)
+    check_mysql(settings, warnings)
     _check_prewarm(settings, warnings)
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
@@ -150,10 +158,11 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
     """`node = "imds"` and `secretsmanager:` DSNs, resolved once at load time."""
     wants_secret = [
         dsn
-        for dsn in (settings.metadata_dsn, settings.postgres.dsn)
+        for dsn in (settings.metadata_dsn, settings.postgres.dsn, settings.mysql.dsn)
         if dsn and dsn.startswith("secretsmanager:")
     ]
-    if settings.node != "imds" and not wants_secret and not settings.postgres.iam_auth:
+    iam = settings.postgres.iam_auth or settings.mysql.iam_auth
+    if settings.node != "imds" and not wants_secret and not iam:
         return settings
     from failover import aws
 
@@ -172,12 +181,24 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
             settings.postgres, dsn=aws.resolve_secret("postgres.dsn", settings.postgres.dsn, region)
         )
         settings = settings.replace(postgres=pg)
+    if settings.mysql.dsn and settings.mysql.dsn.startswith("secretsmanager:"):
+        my = dataclasses.replace(
+            settings.mysql, dsn=aws.resolve_secret("mysql.dsn", settings.mysql.dsn, region)
+        )
+        settings = settings.replace(mysql=my)
     return settings
 
 
 def _check_postgres(settings: Settings, warnings: list[str]) -> None:
     """Refuse a pooler for the lock; warn about plain-text connections to remote hosts."""
-    dsns = {"metadata_dsn": settings.metadata_dsn, "postgres.dsn": settings.lock_dsn}
+    dsns = {
+        label: dsn
+        for label, dsn in (
+            ("metadata_dsn", settings.metadata_dsn),
+            ("postgres.dsn", settings.lock_dsn),
+        )
+        if not is_mysql_dsn(dsn)
+    }
     if settings.backend == "postgres" and settings.lock_dsn:
         info = parse_dsn(settings.lock_dsn, "postgres.dsn")
         if looks_like_pooler(info) and not settings.postgres.allow_pooler:
@@ -340,11 +361,11 @@ def _airflow_dsn(env: Mapping[str, str], warnings: list[str]) -> str | None:
             value = _airflow_secret(var + "_SECRET", env)
         if not value:
             continue
-        normalized = normalize_sqlalchemy_url(value)
+        normalized = normalize_metadata_url(value)
         if normalized is None:
             warnings.append(
-                f"{var} is {redact_dsn(value)}, not PostgreSQL: no metadata DB for member "
-                "tables and health (set metadata_dsn to a PostgreSQL database to enable them)"
+                f"{var} is {redact_dsn(value)}, neither PostgreSQL nor MySQL: no metadata DB for "
+                "member tables and health (set metadata_dsn to enable them)"
             )
             return None
         return normalized

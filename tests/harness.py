@@ -6,6 +6,7 @@ of two different epochs (or nodes) are alive at once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -177,6 +178,14 @@ class Cluster:
             return [*argv, "--", *self.command]
         probe = [sys.executable, PROBE, "--tag", self.tag, "--record", str(self.records)]
         return [*argv, "--", *probe, *self.probe_args]
+
+    def client_args(self) -> list[str]:
+        """`--cluster` and the daemons' `--set` options (less HTTP and log), for client
+        commands such as `failover status` or `switchover` run against this cluster."""
+        argv = self.argv(self.nodes[0])
+        sets = [f"--set={v}" for k, v in itertools.pairwise(argv) if k == "--set"]
+        sets = [s for s in sets if not s.startswith(("--set=http.", "--set=log."))]
+        return ["--cluster", self.cluster, *sets]
 
     def start(self, node: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from failover.interfaces import Backend, MemberStore, MetadataDB, Parts
 BACKENDS = {
     "local": "failover.backends.local",
     "postgres": "failover.backends.postgres",
+    "mysql": "failover.backends.mysql",
     "zookeeper": "failover.backends.zookeeper",
 }
 

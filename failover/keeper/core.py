@@ -9,9 +9,11 @@ Protocol on the control stream (one line each, ASCII):
                     `RUN-UNTIL <t>`   may run until CLOCK_BOOTTIME t (hard kill at t)
                     `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
                     `KILL`            SIGKILL the whole tree now
+                    `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
                     `ERROR <text>`
-End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm).
+End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
+then, holding a ZooKeeper session and with the daemon's process gone, end that session.
 
 With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
 (failover/airflow/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
@@ -35,8 +37,14 @@ import time
 from collections.abc import Sequence
 
 from failover.airflow.prewarm import parse_with_command
-from failover.keeper import proctree
-from failover.keeper.proof import LockFileProof, PgSessionProof, Proof, boottime
+from failover.keeper import proctree, zksession
+from failover.keeper.proof import (
+    LockFileProof,
+    MySQLLockProof,
+    PgSessionProof,
+    Proof,
+    boottime,
+)
 from failover.keeper.warm import Warm, airflow_python
 
 EXIT_LOCK_BUSY = 3
@@ -67,6 +75,8 @@ class Keeper:
         self.rest_termed = False
         self.reason = ""
         self.warm: Warm | None = None
+        self.session: zksession.Ticket | None = None  # the daemon's ZooKeeper session
+        self.daemon_pid = 0  # 0: not known (a sidecar in another PID namespace)
 
     def send(self, line: str) -> None:
         try:
@@ -133,6 +143,11 @@ class Keeper:
             self.begin_stop("stop requested")
         elif word == "KILL":
             self.hard_kill("kill requested")
+        elif word == zksession.WORD:
+            try:
+                self.session = zksession.Ticket.parse(arg)
+            except ValueError:
+                self.send(f"ERROR bad {word} line")  # never echoed: it holds secrets
         elif word:
             self.send(f"ERROR unknown command {word!r}")
 
@@ -168,6 +183,15 @@ class Keeper:
         limit = min(self.stop_timeout, 5.0) if self.reason == "child exited" else self.stop_timeout
         if elapsed >= limit:
             self.hard_kill("stop timeout")
+
+    def end_daemon_session(self) -> str | None:
+        """After the tree is proven gone: if the daemon died (end of stream and its process
+        gone) while this keeper ran its epoch's child, end its ZooKeeper session, so that the
+        next contender takes over now, not after the session timeout. None: nothing tried."""
+        ticket, self.session = self.session, None
+        if ticket is None or not self.eof or self.child is None or not self._done():
+            return None
+        return zksession.after_daemon_died(ticket, self.daemon_pid)
 
     def _done(self) -> bool:
         main_done = self.child is None or self.exit_code is not None
@@ -215,6 +239,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
     p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
     p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
+    p.add_argument("--mysql-dsn-env", help="env var with the DSN of the MySQL proof session")
     p.add_argument(
         "--prewarm", action="store_true", help="keep `airflow scheduler` imported while warm"
     )
@@ -230,6 +255,9 @@ def _proof(args: argparse.Namespace) -> Proof | None:
         # The DSN (with its password) reaches us by env, never argv, and not the child.
         dsn = os.environ.pop(args.pg_dsn_env, "")
         return PgSessionProof(dsn, args.name, args.pg_channel, args.pg_epoch_table)
+    if args.mysql_dsn_env:
+        dsn = os.environ.pop(args.mysql_dsn_env, "")
+        return MySQLLockProof(dsn, args.name, args.pg_epoch_table)
     if args.lock_file:
         return LockFileProof(args.lock_file, args.lock_wait)
     return None
@@ -340,8 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
         args, early = init
+        daemon_pid = proctree.peer_pid(control)
     else:
         control = socket.socket(fileno=args.control_fd)
+        daemon_pid = os.getppid()  # the daemon launched us
     rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wr)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -349,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
+    keeper.daemon_pid = daemon_pid
     keeper.feed(early)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
@@ -397,6 +428,9 @@ def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, w
     elif not keeper.start(_child_env(name, epoch)):
         return abandon("start failed", EXIT_START_FAILED)
     keeper.run(wake_fd)
+    ended = keeper.end_daemon_session()
+    if ended is not None:
+        print(f"failover.keeper: daemon gone, tree gone: {ended}", file=sys.stderr, flush=True)
     keeper.send(f"GONE {keeper.reason or 'child exited'}")
     if proof is not None:
         proof.release()

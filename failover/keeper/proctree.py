@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -22,6 +24,28 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     # comm may contain spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(")") + 2 :].split()
     return rest[0], int(rest[1]), int(rest[3])
+
+
+def exited(pid: int, wait: float) -> bool:
+    """Whether `pid` has exited (gone, or a zombie), waiting up to `wait` s for it."""
+    end = time.monotonic() + wait
+    while True:
+        st = _stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.005)
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of a Unix socket's peer as this PID namespace sees it (0: not visible)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
 
 
 def snapshot() -> dict[int, tuple[str, int, int]]:

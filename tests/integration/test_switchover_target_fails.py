@@ -5,7 +5,6 @@ about a lease, and never two. `failover switchover` says what happened and exits
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -33,11 +32,8 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, 
 
 def client(c: Cluster, *args: str, timeout: float = 60) -> subprocess.Popen[str]:
     """`failover ARGS...` with the cluster's own settings (as a user on a candidate would)."""
-    argv = c.argv(c.nodes[0])
-    sets = [f"--set={v}" for k, v in itertools.pairwise(argv) if k == "--set"]
-    sets = [s for s in sets if not s.startswith(("--set=http.", "--set=log."))]
     return subprocess.Popen(
-        [sys.executable, "-m", "failover", *args, "--cluster", c.cluster, *sets],
+        [sys.executable, "-m", "failover", *args, *c.client_args()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -50,10 +50,14 @@ class FakeBackend(ElectionBackend):
         self.fence_calls: list[bool] = []
         self.sweeps: list[bool] = []
         self.given_up = False  # released, but not confirmed: still holding (ZooKeeper's queue)
+        self.session_line: str | None = None  # what keeper_session() hands the child's keeper
 
     def _check(self) -> None:
         if self.down:
             raise BackendUnavailable("fake backend is down")
+
+    def keeper_session(self) -> str | None:
+        return self.session_line
 
     def try_acquire(self) -> bool:
         self._check()

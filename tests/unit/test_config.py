@@ -110,9 +110,9 @@ def test_airflow_dsn_forms(tmp_path: Path) -> None:
     assert s.metadata_dsn == "postgresql://air:s3cret@db.example:5432/airflow"
     s = load(tmp_path, env={"AIRFLOW__CORE__SQL_ALCHEMY_CONN": url})
     assert s.metadata_dsn is not None
-    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "mysql://u:pw@h/db"})
+    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "mssql+pyodbc://u:pw@h/db"})
     assert s.metadata_dsn is None
-    assert "not PostgreSQL" in s.warnings[0] and "pw" not in s.warnings[0]
+    assert "neither PostgreSQL nor MySQL" in s.warnings[0] and "pw" not in s.warnings[0]
     # metadata_dsn given explicitly wins over Airflow's.
     s = load(
         tmp_path,
@@ -128,9 +128,9 @@ def test_airflow_cmd_failure_and_secret_without_airflow(tmp_path: Path) -> None:
         load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET": "key"})
 
 
-def test_non_postgres_metadata_dsn_refused_without_leaking(tmp_path: Path) -> None:
+def test_unknown_metadata_dsn_refused_without_leaking(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        load(tmp_path, "metadata_dsn = 'mysql://u:hunter2@h/db'\n")
+        load(tmp_path, "metadata_dsn = 'mssql://u:hunter2@h/db'\n")
     assert err.value.field == "metadata_dsn" and "hunter2" not in str(err.value)
 
 
@@ -333,7 +333,9 @@ def _error(tmp_path: Path, toml: str) -> ConfigError:
 
 def test_choices_are_listed_as_words_not_a_tuple(tmp_path: Path) -> None:
     text = str(_error(tmp_path, 'backend = "etcd"\n'))
-    assert "use one of local, postgres, zookeeper" in text and "(" not in text.split("use")[1]
+    assert (
+        "use one of local, postgres, mysql, zookeeper" in text and "(" not in text.split("use")[1]
+    )
     assert "use one of auto, json, console" in str(_error(tmp_path, '[log]\nformat = "x"\n'))
 
 

@@ -24,6 +24,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_digest_acl
@@ -31,6 +32,7 @@ from kazoo.security import make_digest_acl
 from failover import log
 from failover.config import Settings, zookeeper_session_seconds
 from failover.errors import BackendUnavailable, ConfigError
+from failover.keeper.zksession import Ticket
 from failover.sources import check_private_file
 
 BLATHER = 5  # kazoo's chattiest level; its lines carry session passwords: never forwarded
@@ -251,6 +253,29 @@ class ZkConnection:
         client_id = self.client.client_id
         return int(client_id[0]) if client_id else None
 
+    def ticket(self, session_id: int, contender: str, released: bytes) -> Ticket | None:
+        """What a keeper needs to end session `session_id` (if it is still ours) and mark
+        the breadcrumb `released` while node `contender` exists; paths under our base."""
+        client_id = self.client.client_id
+        if not client_id or int(client_id[0]) != session_id:
+            return None
+        o = self.options
+        hosts, chroot = collect_hosts(o.hosts)
+        return Ticket(
+            hosts=tuple((str(h), int(p)) for h, p in hosts),
+            session_id=session_id,
+            password=bytes(client_id[1]),
+            timeout_ms=int((self.negotiated or o.session_timeout) * 1000),
+            contender=(chroot or "") + self.path(contender),
+            breadcrumb=(chroot or "") + self.path("leader"),
+            released=released,
+            auth=o.auth,
+            use_ssl=o.use_ssl,
+            ca_file=o.ca_file,
+            cert_file=o.cert_file,
+            key_file=o.key_file,
+        )
+
     def _on_negotiated(self, seconds: float) -> None:
         self.negotiated = seconds
 
@@ -344,3 +369,26 @@ def negotiated_session_timeout(settings: Settings, wait: float = 5.0) -> float |
         return conn.negotiated
     finally:
         conn.close()
+
+
+def check_granted(
+    granted: float | None, requested: float, min_session: float, warn: Callable[[str], None]
+) -> None:
+    """Refuse a session too short to lead with; warn when it differs from the request."""
+    if granted is None:
+        warn(
+            "cannot learn the session timeout ZooKeeper granted; assuming the requested "
+            f"{requested:g} s: make sure the servers' maxSessionTimeout is not below it"
+        )
+    elif granted <= min_session:
+        raise ConfigError(
+            "zookeeper.session_timeout_seconds",
+            f"the servers granted a {granted:g} s session (asked {requested:g} s): no time "
+            f"to renew within loop + backend timeout + margin = {min_session:g} s",
+            "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
+        )
+    elif abs(granted - requested) > 0.001:
+        warn(
+            f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s (server "
+            f"minSessionTimeout/maxSessionTimeout); takeover after a crash takes {granted:g} s"
+        )

@@ -17,6 +17,7 @@ from typing import Any
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
+from failover.backends.zookeeper.conn import check_granted
 from failover.backends.zookeeper.store import (
     PREFIX,
     Breadcrumb,
@@ -29,7 +30,7 @@ from failover.backends.zookeeper.store import (
     pid_alive,
     txn_ok,
 )
-from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
+from failover.errors import BackendUnavailable, DuplicateNode
 from failover.interfaces import ClusterFlags, ElectionBackend, FenceReport, LeaderInfo
 
 EPOCH_TRIES = 10
@@ -84,29 +85,11 @@ class ZooKeeperElection(ElectionBackend):
         if sid is None or self.client.state != KazooState.CONNECTED:
             raise BackendUnavailable(f"not connected to ZooKeeper (state {self.conn.state})")
         if self.conn.negotiated != self.checked_session:
-            self._check_granted(self.conn.negotiated, self.conn.options.session_timeout)
+            self.checked_session = self.conn.negotiated
+            check_granted(
+                self.conn.negotiated, self.conn.options.session_timeout, self.min_session, self.warn
+            )
         return sid
-
-    def _check_granted(self, granted: float | None, requested: float) -> None:
-        """Refuse a session too short to lead with; warn when it differs from the request."""
-        self.checked_session = granted
-        if granted is None:
-            self.warn(
-                "cannot learn the session timeout ZooKeeper granted; assuming the requested "
-                f"{requested:g} s: make sure the servers' maxSessionTimeout is not below it"
-            )
-        elif granted <= self.min_session:
-            raise ConfigError(
-                "zookeeper.session_timeout_seconds",
-                f"the servers granted a {granted:g} s session (asked {requested:g} s): no time "
-                f"to renew within loop + backend timeout + margin = {self.min_session:g} s",
-                "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
-            )
-        elif abs(granted - requested) > 0.001:
-            self.warn(
-                f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s (server "
-                f"minSessionTimeout/maxSessionTimeout); takeover after a crash takes {granted:g} s"
-            )
 
     def _drop(self, give_up: bool = False) -> None:
         """Forget our contender and leadership; with `give_up`, delete that node when we can."""
@@ -274,7 +257,7 @@ class ZooKeeperElection(ElectionBackend):
         self.crumb_version = got[1].version
         return self._prove(reclaim=False)  # prove afresh: that write may be older than now
 
-    def _crumb(self, epoch: int, released: bool = False) -> bytes:
+    def _crumb(self, epoch: int, released: bool = False, by_keeper: bool = False) -> bytes:
         granted = self.conn.negotiated
         bound = min(self.lease, granted) if granted else self.lease
         info = {
@@ -287,7 +270,20 @@ class ZooKeeperElection(ElectionBackend):
             "pid": os.getpid(),
             "before": asdict(self.previous) if self.previous else None,
         }
+        if by_keeper:
+            info["released_by"] = "keeper"
         return dump(info)
+
+    def keeper_session(self) -> str | None:
+        """Our session for the child's keeper: once this daemon died and the tree is gone, it
+        marks the breadcrumb released (while our contender exists) and closes the session
+        (keeper/zksession.py). While we lead the session cannot change: renew would give
+        leadership up."""
+        if self.leading_session is None or self.contender is None:
+            return None
+        released = self._crumb(self.epoch, released=True, by_keeper=True)
+        ticket = self.conn.ticket(self.leading_session, self.contender.name, released)
+        return ticket.line() if ticket else None
 
     def _txn(self, own: str, writes: list[tuple[str, bytes, int]]) -> Any:
         """Check that our contender exists, then versioned sets: all or nothing."""
@@ -367,6 +363,9 @@ class ZooKeeperElection(ElectionBackend):
         if prev is None:
             return FenceReport(pending=0, detail="no earlier leader on record")
         who = f"{prev.node} of epoch {prev.epoch}"
+        if prev.released and prev.released_by == "keeper":
+            # Written by its keeper only after its daemon died and its tree was proven gone.
+            return FenceReport(pending=0, detail=f"{who} ended; its keeper saw its tree gone")
         if prev.released:
             return FenceReport(pending=0, detail=f"{who} released after its child exited")
         server_now = self.bumped_at[0] + int((time.monotonic() - self.bumped_at[1]) * 1000)

@@ -85,6 +85,7 @@ class Breadcrumb:
     lease_ms: int  # its child was dead by proved_at_ms + lease_ms if it did not renew
     released: bool
     proved_at_ms: int
+    released_by: str = ""  # "keeper": its keeper released it after the daemon died
 
     @classmethod
     def parse(cls, info: Any, proved_at_ms: int) -> Breadcrumb | None:
@@ -99,6 +100,7 @@ class Breadcrumb:
                 lease_ms=min(int(info.get("lease_ms", 0)), MAX_LEASE_MS),
                 released=info.get("released") is True,
                 proved_at_ms=int(info.get("proved_at_ms", proved_at_ms)),
+                released_by=str(info.get("released_by", "")),
             )
         except (TypeError, ValueError, OverflowError):
             return None
