@@ -85,6 +85,11 @@ def kill9_run(p: PodPair) -> tuple[float, float, float]:
     new = wait_until(lambda: p.started(standby, epoch), 30, "the new child")
     wait_until(lambda: watch.died and watch.gone, 30, "the old tree to go")
     watch.stop.set()
+    if float(new["t"]) - killed_at > 2:  # say why: the new leader's sentences of this takeover
+        log = podman("logs", "--since", "30s", standby.failover, stderr=True)
+        said = [line.split('"sentence": "')[1].split('"')[0] for line in log.splitlines()
+                if '"sentence": "' in line and "no action" not in line]  # fmt: skip
+        print("slow takeover:", *dict.fromkeys(said), sep="\n  ")
     if podman("inspect", "-f", "{{.State.Running}}", leader.failover).strip() != "true":
         podman("start", leader.failover)
     wait_until(lambda: leader.role() == "standby", 60, "the killed container back as standby")
