@@ -85,7 +85,13 @@ def host_pid(container: str) -> int:
 
 
 def remove_pod(name: str) -> None:
-    podman("pod", "rm", "-f", "-t", "0", name, check=False, timeout=60)
+    """Remove a pod; retried, since a container restarting (restartPolicy) can race `rm`."""
+    for _ in range(3):
+        podman("pod", "rm", "-f", "-t", "0", name, check=False, timeout=60)
+        done = subprocess.run(["podman", "pod", "exists", name], capture_output=True, check=False)
+        if done.returncode != 0:
+            return
+        time.sleep(1)
 
 
 def remove_container(name: str) -> None:
