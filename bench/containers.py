@@ -78,6 +78,7 @@ def kill9_run(p: PodPair) -> tuple[float, float, float]:
     (its daemon dead, the old tree gone, the other pod's child started)."""
     leader, epoch = wait_until(p.one_tree, 90, "one tree")
     standby = p.other(leader)
+    wait_until(standby.warm_standby, 60, "the standby's keeper to connect")
     watch = Watch(host_pid(leader.failover), set(tagged_processes(p.tag)))
     watch.start()
     killed_at = boottime()
@@ -92,7 +93,7 @@ def kill9_run(p: PodPair) -> tuple[float, float, float]:
         print("slow takeover:", *dict.fromkeys(said), sep="\n  ")
     if podman("inspect", "-f", "{{.State.Running}}", leader.failover).strip() != "true":
         podman("start", leader.failover)
-    wait_until(lambda: leader.role() == "standby", 60, "the killed container back as standby")
+    wait_until(leader.warm_standby, 60, "the killed container back as standby, keeper in")
     return watch.died - killed_at, watch.gone - killed_at, float(new["t"]) - killed_at
 
 

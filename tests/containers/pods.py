@@ -90,11 +90,21 @@ class CandidatePod:
 
     def role(self) -> str:
         """The daemon's role from /status ("down" when it does not answer)."""
+        return str(self._status().get("role", "down"))
+
+    def warm_standby(self) -> bool:
+        """A standby whose keeper container has connected (only such a standby can lead at
+        once: a freshly restarted one may win the lock before its keeper reconnects, and
+        then gives leadership up with a cool-down; see bench/results/containers.md)."""
+        status = self._status()
+        return status.get("role") == "standby" and bool(status["child"]["warm_keeper"])
+
+    def _status(self) -> dict[str, Any]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=2) as r:
-                return str(json.load(r).get("role", "?"))
+                return dict(json.load(r))
         except OSError:
-            return "down"
+            return {}
 
 
 @dataclass

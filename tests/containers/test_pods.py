@@ -47,7 +47,8 @@ def test_sidecar_pods_kill9_takeover_restart_and_graceful_switchover(pair: PodPa
         leader, epoch = wait_until(p.one_tree, 90, "one scheduler in the two pods")
         standby = p.other(leader)
         assert leader.status("/leader") == 200 and standby.status("/leader") == 503
-        assert standby.status("/healthz") == 200 and standby.role() == "standby"
+        assert standby.status("/healthz") == 200
+        wait_until(standby.warm_standby, 30, "the standby's keeper to connect")
 
         # kill -9 of the leader's failover container: its keeper ends the scheduler tree in the
         # sibling container, the other pod's scheduler starts.
@@ -64,7 +65,7 @@ def test_sidecar_pods_kill9_takeover_restart_and_graceful_switchover(pair: PodPa
         # The killed container comes back (restartPolicy) or is started: it rejoins as standby.
         if podman("inspect", "-f", "{{.State.Running}}", leader.failover).strip() != "true":
             podman("start", leader.failover)
-        wait_until(lambda: leader.role() == "standby", 60, "the restarted container as standby")
+        wait_until(leader.warm_standby, 60, "the restarted container as standby, keeper in")
         assert leader.status("/leader") == 503 and standby.status("/leader") == 200
 
         # `podman pod stop` of the leader pod: graceful switchover back.
@@ -81,7 +82,7 @@ def test_sidecar_pods_kill9_takeover_restart_and_graceful_switchover(pair: PodPa
 
         # The stopped pod started again rejoins as standby.
         podman("pod", "start", standby.pod, timeout=90)
-        wait_until(lambda: standby.role() == "standby", 60, "the restarted pod as standby")
+        wait_until(standby.warm_standby, 60, "the restarted pod as standby, keeper in")
         assert standby.status("/leader") == 503 and p.leader() is leader
     sampler.assert_clean()
     print(f"pods: kill -9 takeover {takeover:.3f} s, pod stop switchover {switchover:.3f} s")
