@@ -10,9 +10,9 @@ Protocol on the control stream (one line each, ASCII):
                     `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
                     `KILL`            SIGKILL the whole tree now
                     `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
-                    `RESTART <name>` / `KILL <name>`  one side component (group.py)
+                    `RESTART <name>` / `KILL <name>`  one side component (group.py), whose
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
-                    `ERROR <text>`; a side component's STARTED/EXITED end with its name
+                    `ERROR <text>`                    STARTED/EXITED end with its name
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
 then, holding a ZooKeeper session and with the daemon's process gone, end that session.
 
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 from failover.airflow.prewarm import parse_with_command
 from failover.keeper import proctree, zksession
-from failover.keeper.group import Group, parse_component
+from failover.keeper.group import Group
 from failover.keeper.proof import (
     LockFileProof,
     MySQLLockProof,
@@ -118,8 +118,6 @@ class Keeper:
         self.stop_started = boottime()
         if self.child is not None and self.exit_code is None:
             proctree.signal_all([self.child.pid], signal.SIGTERM)  # the scheduler first
-        elif self.group is not None:
-            self.group.signal_mains(signal.SIGTERM)
 
     def _reap(self) -> None:
         for pid, status in proctree.reap():
@@ -148,13 +146,11 @@ class Keeper:
                 self.send(f"ERROR bad RUN-UNTIL {arg!r}")
         elif word == "STOP":
             self.begin_stop("stop requested")
-        elif word == "KILL" and arg and self.group is not None:
-            self.group.kill(arg)
+        elif word in ("KILL", "RESTART") and arg and self.group is not None:
+            running = self.stop_started is None and not self.reason and self.child is not None
+            self.group.command(word, arg, running)
         elif word == "KILL":
             self.hard_kill("kill requested")
-        elif word == "RESTART" and self.group is not None:
-            if self.stop_started is None and not self.reason and self.child is not None:
-                self.group.start(arg)
         elif word == zksession.WORD:
             try:
                 self.session = zksession.Ticket.parse(arg)
@@ -174,11 +170,15 @@ class Keeper:
         if not data:
             self.eof = True
             return False
+        self.feed(data)
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Handle the complete lines of what the daemon sent; keep a partial one."""
         self.buffer += data
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
             self._handle_line(raw.decode("ascii", "replace"))
-        return True
 
     def _escalate(self, now: float) -> None:
         if self.stop_started is None:
@@ -254,9 +254,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
     )
-    p.add_argument(
-        "--component", action="append", default=[], help="NAME=<json argv>: a side component"
-    )
+    p.add_argument("--component", action="append", default=[], help="NAME=<json argv>")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return parse_with_command(p, argv)
 
@@ -306,8 +304,9 @@ def _connect(path: str) -> socket.socket:
             delay = min(delay * 2, 2.0)
 
 
-def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace | None:
-    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env."""
+def _read_init(sock: socket.socket, argv: Sequence[str]) -> tuple[argparse.Namespace, bytes] | None:
+    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env; the
+    bytes after it (a `GO` sent right behind it can arrive in the same read) are returned."""
     data = b""
     while b"\n" not in data:
         chunk = sock.recv(65536)
@@ -316,12 +315,13 @@ def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace |
         data += chunk
     line, _, rest = data.partition(b"\n")
     word, _, payload = line.decode("utf-8", "replace").partition(" ")
-    if word != "INIT" or rest:
+    if word != "INIT":
         return None
     init = json.loads(payload)
     os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
     command = list(argv[argv.index("--") :]) if "--" in argv else []
-    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    args = _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    return args, rest
 
 
 def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
@@ -370,12 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.setsid()
         except PermissionError:
             pass  # a process-group leader already (a shell's job): descent still finds all
+    early = b""
     if args.connect:
         control = _connect(args.connect)
         init = _read_init(control, argv)
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
-        args = init
+        args, early = init
         daemon_pid = proctree.peer_pid(control)
     else:
         control = socket.socket(fileno=args.control_fd)
@@ -388,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
     keeper.daemon_pid = daemon_pid
-    if args.component:
-        keeper.group = Group([parse_component(c) for c in args.component], keeper.send)
+    keeper.group = Group.of(args.component, keeper.send)
+    keeper.feed(early)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
         keeper.send(f"ERROR {proof.error}")

@@ -54,6 +54,19 @@ class Group:
         self.send = send
         self.env: Mapping[str, str] = {}
 
+    @classmethod
+    def of(cls, args: Sequence[str], send: Callable[[str], None]) -> Group | None:
+        """From the keeper's `--component` options; None without any."""
+        return cls([parse_component(a) for a in args], send) if args else None
+
+    def command(self, word: str, name: str, running: bool) -> None:
+        """`KILL <name>` ends that component (its process group); `RESTART <name>` starts it
+        again, only while the group runs (not once a stop began)."""
+        if word == "KILL":
+            self.kill(name)
+        elif running:
+            self.start(name)
+
     def start_all(self, env: Mapping[str, str]) -> None:
         self.env = env
         for name in self.sides:
@@ -83,9 +96,6 @@ class Group:
         side = self.sides.get(name)
         if side is not None and side.proc is not None:
             _killpg(side.proc.pid)
-
-    def signal_mains(self, sig: int) -> None:
-        proctree.signal_all([s.proc.pid for s in self.sides.values() if s.proc], sig)
 
     def reaped(self, pid: int, code: int) -> bool:
         """A reaped pid: True if it was a side component (its remnants are killed)."""
