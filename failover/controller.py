@@ -20,6 +20,7 @@ from failover.records import Records
 
 FAST_TICK = 0.02
 SETTLE_TICK = 0.1
+KEEPER_STUCK = "keeper stopped answering"
 
 
 class Role(enum.Enum):
@@ -293,6 +294,8 @@ class Controller:
         resign = self._resign_for_db(now)
         if resign:
             return resign
+        if child.keeper_stuck:
+            return self._keeper_stuck(child.keeper_stuck)
         if child.state is ChildState.FAILED:
             return self._demote_now("child crash loop")
         if child.state is ChildState.BACKOFF and not child.may_start(now):
@@ -306,6 +309,16 @@ class Controller:
             child.fail(self.verdict.detail)
             return f"leader with epoch {self.epoch}: {self.verdict.detail}: killing the child", None
         return f"no action: I am the leader with epoch {self.epoch}{self._db_note(now)}", None
+
+    def _keeper_stuck(self, why: str) -> tuple[str, str | None]:
+        if self.child.gone:  # we killed its tree ourselves: this host cannot vouch for a child
+            self._demote(KEEPER_STUCK)
+            return f"stepping down from epoch {self.epoch}: {why}; its tree is gone", KEEPER_STUCK
+        return (
+            f"leader with epoch {self.epoch}: {why}; cannot kill it from here (sidecar): its "
+            "container's liveness probe restarts it",
+            None,
+        )
 
     def _check_health(self, now: float) -> Health:
         """Judge the running child by its Airflow job heartbeat; UNKNOWN never kills."""
@@ -392,10 +405,12 @@ class Controller:
             self.records.call(lambda: self.store.end_term(self.epoch, reason))  # best effort
         self.role = Role.STANDBY
         self.leader = None
-        if reason in ("switchover", "child crash loop", "metadata DB unreachable"):
+        if reason in ("switchover", "child crash loop", "metadata DB unreachable", KEEPER_STUCK):
             self.cooldown_until = now + 2 * self.t.lease
         elif reason in ("fencing failed", "child start failed"):
             self.cooldown_until = now + self.t.lease  # no epoch-burning retry loop
+        if self.child.keeper_stuck:
+            note = f" ({self.child.keeper_stuck}: the daemon killed its tree){note}"
         return f"released leadership of epoch {self.epoch} after the child exited{note}", None
 
     # -- standby side -----------------------------------------------------------------------

@@ -52,6 +52,8 @@ def child_policy(settings: Settings) -> ChildPolicy:
         fast_failure_seconds=settings.fast_failure_seconds,
         backoff_initial=settings.backoff_initial_seconds,
         backoff_max=settings.backoff_max_seconds,
+        answer_seconds=settings.keeper_answer_seconds,
+        ping_seconds=settings.loop_seconds,
     )
 
 
@@ -334,9 +336,10 @@ class Daemon:
         self.board.loop_seconds = self.settings.loop_seconds
         self.board.publish(publish.snapshot(self.settings, c, child, result, now))
         self.metrics.observe(publish.sample(c, child, result, now, took))
-        for level, event, fields in child.prewarm.events:
+        for level, event, fields in [*child.prewarm.events, *child.events]:
             getattr(self.log, level)(event, **fields)
         child.prewarm.events.clear()
+        child.events.clear()
         sentence, at = self.last_logged
         if result.sentence != sentence or now - at >= REPEAT_SENTENCE_SECONDS or result.transition:
             self.log.info("tick", sentence=result.sentence, transition=result.transition)
@@ -346,6 +349,8 @@ class Daemon:
 
     def _wait(self, seconds: float, signal_fd: int) -> None:
         end = boottime() + seconds
+        due = self.child.check_at(boottime())  # a keeper's answer or stop is due: look then
+        end = min(end, due + 0.005) if due is not None else end
         poll = self.backend.poll_interval()
         while not self.signals:
             remaining = end - boottime()

@@ -9,9 +9,13 @@ Protocol on the control stream (one line each, ASCII):
                     `RUN-UNTIL <t>`   may run until CLOCK_BOOTTIME t (hard kill at t)
                     `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
                     `KILL`            SIGKILL the whole tree now
+                    `PING`            nothing to do but answer (the daemon asks an idle keeper)
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
-                    `ERROR <text>`
+                    `ERROR <text>`, `ACK <n>` (n = lines handled so far: it answers every read)
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm).
+A keeper that leaves lines unanswered too long is presumed stuck: the daemon kills its tree.
+With `--alive-file F` it also writes its CLOCK_BOOTTIME to F at least once a second, and
+`--check F` (a container's liveness probe) fails once F is older than `--max-age` seconds.
 
 With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
 (failover/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
@@ -35,6 +39,7 @@ import time
 from collections.abc import Sequence
 
 from failover import proctree
+from failover.alive import WAKE_SECONDS, Alive, check_main
 from failover.prewarm import parse_with_command
 from failover.proof import LockFileProof, PgSessionProof, Proof, boottime
 from failover.warmkeeper import Warm, airflow_python, wait_for_go
@@ -67,6 +72,12 @@ class Keeper:
         self.rest_termed = False
         self.reason = ""
         self.warm: Warm | None = None
+        self.handled = 0  # daemon lines handled so far: what `ACK` reports
+        self.alive: Alive | None = None
+
+    def beat(self) -> None:
+        if self.alive is not None:
+            self.alive.beat()
 
     def send(self, line: str) -> None:
         try:
@@ -133,7 +144,7 @@ class Keeper:
             self.begin_stop("stop requested")
         elif word == "KILL":
             self.hard_kill("kill requested")
-        elif word:
+        elif word and word != "PING":
             self.send(f"ERROR unknown command {word!r}")
 
     def _read_control(self) -> bool:
@@ -148,10 +159,18 @@ class Keeper:
             self.eof = True
             return False
         self.buffer += data
+        self._handle_buffer()
+        return True
+
+    def _handle_buffer(self) -> None:
+        handled = self.handled
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
             self._handle_line(raw.decode("ascii", "replace"))
-        return True
+            self.handled += 1
+        if self.handled != handled:
+            # The one place we answer: the daemon presumes a keeper that stops answering stuck.
+            self.send(f"ACK {self.handled}")
 
     def _escalate(self, now: float) -> None:
         if self.stop_started is None:
@@ -173,6 +192,7 @@ class Keeper:
         """Loop until the child and every process of its tree are gone."""
         self.control.setblocking(False)
         while True:
+            self.beat()
             now = boottime()
             if now >= self.run_until:
                 self.hard_kill("run-until deadline passed")
@@ -217,6 +237,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
     )
+    p.add_argument("--alive-file", help="write CLOCK_BOOTTIME here every second (--check reads)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return parse_with_command(p, argv)
 
@@ -249,7 +270,7 @@ def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
     return Warm(keeper, python, args.prewarm_max_age)
 
 
-def _connect(path: str) -> socket.socket:
+def _connect(path: str, alive: Alive | None) -> socket.socket:
     """Sidecar mode: connect to the daemon, waiting for it to listen (it may start later)."""
     delay = 0.1
     while True:
@@ -259,43 +280,60 @@ def _connect(path: str) -> socket.socket:
             return sock
         except OSError:
             sock.close()
+            if alive is not None:
+                alive.beat()
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, WAKE_SECONDS if alive is not None else 2.0)
 
 
-def _read_init(sock: socket.socket, argv: Sequence[str]) -> argparse.Namespace | None:
-    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env."""
+def _read_init(
+    sock: socket.socket, argv: Sequence[str], alive: Alive | None
+) -> tuple[argparse.Namespace, bytes] | None:
+    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env;
+    also what followed it in the same read."""
     data = b""
+    sock.settimeout(WAKE_SECONDS)
     while b"\n" not in data:
-        chunk = sock.recv(65536)
+        if alive is not None:
+            alive.beat()
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
         if not chunk:
             return None
         data += chunk
+    sock.settimeout(None)
     line, _, rest = data.partition(b"\n")
     word, _, payload = line.decode("utf-8", "replace").partition(" ")
-    if word != "INIT" or rest:
+    if word != "INIT":
         return None
     init = json.loads(payload)
     os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
     command = list(argv[argv.index("--") :]) if "--" in argv else []
-    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    args = _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    return args, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--check"]:
+        return check_main(argv[1:])
     args = _parse(argv)
+    alive = Alive(args.alive_file) if args.alive_file else None
     proctree.prctl(proctree.PR_SET_CHILD_SUBREAPER, 1)
     if os.getsid(0) != os.getpid():
         try:
             os.setsid()
         except PermissionError:
             pass  # a process-group leader already (a shell's job): descent still finds all
+    early = b""  # sidecar mode: daemon lines that came with INIT
     if args.connect:
-        control = _connect(args.connect)
-        init = _read_init(control, argv)
+        control = _connect(args.connect, alive)
+        init = _read_init(control, argv, alive)
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
-        args = init
+        args, early = init
     else:
         control = socket.socket(fileno=args.control_fd)
     rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -305,12 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
+    keeper.alive = alive
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
         keeper.send(f"ERROR {proof.error}")
         keeper.send("GONE no proof of life")
         return EXIT_LOCK_BUSY
     keeper.send("READY")
+    keeper.buffer = early
+    keeper._handle_buffer()
     keeper.warm = _prewarm(args, keeper)
     why = wait_for_go(keeper, rd)
     if why is not None or keeper.go is None:

@@ -30,6 +30,8 @@ class Sample:
     warmup_seconds: float | None = None
     warm_restarts: int = 0
     warm_rss_bytes: int = 0
+    keeper_kills: int = 0
+    warm_keeper_kills: int = 0
 
 
 class Metrics:
@@ -91,6 +93,16 @@ class Metrics:
             "Resident memory of the pre-warmed scheduler when it became ready",
             registry=r,
         )
+        self.keeper_unresponsive = Counter(
+            "failover_keeper_unresponsive",
+            "Keepers that stopped answering and were killed with their tree by the daemon "
+            "(keeper: child = the leader's, warm = a standby's)",
+            ["keeper"],
+            registry=r,
+        )
+        for which in ("child", "warm"):
+            self.keeper_unresponsive.labels(keeper=which)
+        self._kills_seen = {"child": 0, "warm": 0}
         self.info = Info("failover", "Build and identity", registry=r)
         self.info.info({"version": version, "backend": backend, "node": node, "cluster": cluster})
         self._restarts_seen = 0
@@ -119,6 +131,10 @@ class Metrics:
         if s.warmup_seconds is not None:
             self.warmup_seconds.set(s.warmup_seconds)
         self.warm_rss.set(s.warm_rss_bytes if s.standby_warm else 0)
+        for which, total in (("child", s.keeper_kills), ("warm", s.warm_keeper_kills)):
+            if total > self._kills_seen[which]:
+                self.keeper_unresponsive.labels(keeper=which).inc(total - self._kills_seen[which])
+                self._kills_seen[which] = total
         if s.warm_restarts > self._warm_restarts_seen:
             self.warm_restarts.inc(s.warm_restarts - self._warm_restarts_seen)
             self._warm_restarts_seen = s.warm_restarts

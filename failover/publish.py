@@ -52,6 +52,8 @@ def snapshot(
             "last_exit_code": child.exit_code,
             "last_event": child.last_event,
             "warm_keeper": child.warm is not None,
+            "keeper_silent_seconds": round(child.link.silence(), 3) if child.link else None,
+            "keeper_unresponsive": {"child": child.keeper_kills, "warm": child.warm_kills},
             "prewarm": {
                 "state": child.prewarm.state,
                 "pid": child.prewarm.pid,
@@ -94,6 +96,8 @@ def sample(c: Controller, child: Child, result: TickResult, now: float, took: fl
         warmup_seconds=child.prewarm.seconds,
         warm_restarts=child.prewarm.restarts,
         warm_rss_bytes=child.prewarm.rss_bytes,
+        keeper_kills=child.keeper_kills,
+        warm_keeper_kills=child.warm_kills,
     )
 
 

@@ -287,8 +287,9 @@ def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
     """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
     keeper.control.setblocking(False)
     while keeper.go is None:
+        keeper.beat()
         warm = keeper.warm
-        timeout = 5.0
+        timeout = 5.0 if keeper.alive is None else 1.0
         if warm is not None:
             if not keeper._read_control():  # a GO that is waiting beats a re-warm
                 return "daemon gone before go"

@@ -148,6 +148,10 @@ class FakeLink:
         self.pid = pid
         self.sent: list[str] = []
         self.inbox: list[str] = []
+        self.silent = 0.0  # what silence() reports: set by a test to play a stuck keeper
+        self.killable = True  # False: a sidecar keeper in another container
+        self.pings = 0
+        self.killed = False
 
     def send(self, line: str) -> None:
         self.sent.append(line)
@@ -159,6 +163,17 @@ class FakeLink:
 
     def fileno(self) -> int:
         return -1
+
+    def ping(self, every: float) -> None:
+        self.pings += 1
+
+    def silence(self) -> float:
+        return self.silent
+
+    def kill(self) -> bool:
+        self.log.append(f"keeper {self.pid} killed by the daemon")
+        self.killed = self.killable
+        return self.killable
 
     def cleanup(self) -> None:
         self.log.append(f"keeper {self.pid} cleaned up")
