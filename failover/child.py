@@ -370,7 +370,7 @@ class Child:
         if not self.link.kill():
             return  # sidecar mode, or a process that survives SIGKILL: no release until gone
         stopping = self.stop_requested
-        self._gone(now, f"{why}: the daemon killed it and its whole tree")
+        self._gone(now, f"{why}: the daemon killed it and its whole tree", cleanup=False)
         if not stopping and not self.failing:
             self.state = ChildState.FAILED  # step down: this host cannot vouch for a child
 
@@ -391,9 +391,10 @@ class Child:
             return  # a warm keeper's last words about its warm process, just before GO
         self.last_event = line
 
-    def _gone(self, now: float, reason: str) -> None:
+    def _gone(self, now: float, reason: str, cleanup: bool = True) -> None:
         assert self.link is not None
-        self.link.cleanup()
+        if cleanup:  # (not after kill(): it did all of it, and waited no longer than it may)
+            self.link.cleanup()
         self.link = None
         self.pid = None
         self.last_event = f"child tree gone: {reason}"
