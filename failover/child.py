@@ -338,11 +338,13 @@ class Child:
 
     def check_at(self, now: float) -> float | None:
         """When `poll` must run again to keep the bounds on the keepers (None: no bound)."""
-        if self.keeper_stuck:
-            return None  # acted on already; what is left waits for the tick (sidecar: the probe)
-        due = [self.stop_by] if self.stop_by is not None and self.link is not None else []
-        for link in (self.link, self.warm):
-            silent = link.silence() if link is not None else 0.0
+        due: list[float] = []
+        links = [self.warm] if self.warm is not None else []
+        if self.link is not None and not self.keeper_stuck:  # (stuck: acted on; see the tick)
+            due += [self.stop_by] if self.stop_by is not None else []
+            links.append(self.link)
+        for link in links:
+            silent = link.silence()
             if silent > 0 and self.policy.answer_seconds:
                 due.append(now + self.policy.answer_seconds - silent)
         return min(due, default=None)

@@ -315,8 +315,8 @@ class Controller:
             self._demote(KEEPER_STUCK)
             return f"stepping down from epoch {self.epoch}: {why}; its tree is gone", KEEPER_STUCK
         return (
-            f"leader with epoch {self.epoch}: {why}; cannot kill it from here (sidecar): its "
-            "container's liveness probe restarts it",
+            f"leader with epoch {self.epoch}: {why}; its tree is not gone yet (sidecar: the "
+            "scheduler container's liveness probe restarts it)",
             None,
         )
 

@@ -371,7 +371,8 @@ class Daemon:
             if signal_fd in readable:
                 _drain(signal_fd)
             if self.child.link is not None and self.child.link.fileno() in readable:
-                return
+                if self.child.poll(boottime()) or self.child.link is None:
+                    return  # news from the keeper (not only its ACKs): tick at once
             if self.child.warm is not None and self.child.warm.fileno() in readable:
                 self.child.poll(boottime())
             if self.sidecar is not None and self.sidecar.fileno() in readable:

@@ -24,6 +24,7 @@ from failover.keeper import boottime
 
 from ..harness import PROBE, Cluster, Sampler, alive, keepers, read_records, wait_until
 from .test_keeper import launch, lines_until, started_tree
+from .test_observability import get, start_with_http
 from .test_sidecar import Container
 
 pytestmark = pytest.mark.integration
@@ -268,6 +269,30 @@ def test_stop_is_bounded_by_stop_timeout_when_the_lease_is_long(
     assert any("did not finish its STOP in time" in s for s in c.sentences(leader))
 
 
+def test_the_keepers_answers_do_not_make_a_steady_leader_tick_faster(
+    tmp_path: Path, request: Any
+) -> None:
+    c = make_cluster(tmp_path, "local", request)
+    c.nodes = ("n1",)
+    try:
+        (port,) = start_with_http(c).values()
+        c.leader_child()
+
+        def ticks() -> float:
+            text = get(port, "/metrics")[1]
+            (line,) = [
+                x for x in text.splitlines() if x.startswith("failover_tick_duration_seconds_count")
+            ]
+            return float(line.split()[-1])
+
+        before = ticks()
+        time.sleep(3.0)
+        took = ticks() - before
+    finally:
+        c.stop_all()
+    assert took <= 3.0 / LOOP + 3, f"{took:g} ticks in 3 s with loop_seconds {LOOP:g}"
+
+
 # -- the keeper's side of the protocol ------------------------------------------------------
 
 
@@ -390,7 +415,9 @@ def test_sidecar_liveness_probe_fails_when_the_keeper_is_frozen(tmp_path: Path) 
                 # The daemon sees it too, but cannot kill another container's processes.
                 wait_for(
                     c,
-                    lambda: any("cannot kill it from here" in s for s in c.sentences("p1")),
+                    lambda: any(
+                        "its tree is not gone yet (sidecar" in s for s in c.sentences("p1")
+                    ),
                     2 * LEASE,
                     "the daemon to notice",
                 )
