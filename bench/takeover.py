@@ -136,6 +136,8 @@ def bench(
         # One crash at a time: a child that ran 2 s is no fast failure, so no backoff doubling.
         settings["fast_failure_seconds"] = "2"
         pause = 2.5
+    if scenario == "keeperstop":
+        pause = 2 * LEASE  # the old leader cools down that long: one fault at a time
     probe: tuple[str, ...] = ()
     if backend == "zookeeper":
         assert zk_hosts is not None
