@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from failover import proctree
+from failover.keeper import proctree
 from tests.harness import Cluster
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -99,10 +99,13 @@ def dsn_from_secret(label: str, value: str) -> str:
         raise ConfigError(
             label, "the secret is JSON without username/password/host", "store a DSN or RDS JSON"
         ) from None
-    port = data.get("port", 5432)
+    # RDS secrets name their engine; without one, the label tells ([mysql] dsn).
+    engine = str(data.get("engine", "mysql" if label.startswith("mysql") else "postgres"))
+    mysql = engine.lower() in ("mysql", "mariadb", "aurora-mysql")
+    port = data.get("port", 3306 if mysql else 5432)
     dbname = data.get("dbname", "airflow")
     userinfo = f"{quote(str(user), safe='')}:{quote(str(password), safe='')}"
-    return f"postgresql://{userinfo}@{host}:{port}/{dbname}"
+    return f"{'mysql' if mysql else 'postgresql'}://{userinfo}@{host}:{port}/{dbname}"
 
 
 class IamTokens:

@@ -286,6 +286,12 @@ class Child:
         self.failing = ""
         self.last_event = "keeper launched"
 
+    def hand_session(self, line: str | None) -> None:
+        """Give the running child's keeper the backend session to end once the daemon died
+        and the tree is gone (ZooKeeper: keeper/zksession.py); never a warm keeper's."""
+        if line and self.link is not None and not self.gone:
+            self.link.send(line)
+
     def extend(self, run_until: float) -> None:
         """Let the child run until `run_until` (only ever after a proven renew)."""
         if self.link is not None and self.state in (

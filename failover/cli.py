@@ -1,7 +1,8 @@
 """The `failover` command: run, status, switchover, pause, resume, check-config, demo, version.
 
-Exit codes: 0 ok; 1 runtime failure (or `status`: no healthy leader, `check-config`: invalid);
-2 usage or configuration error (`status`: cannot read the cluster); 3 duplicate node name.
+Exit codes: 0 ok; 1 runtime failure (`status`: no healthy leader; `check-config`: anything
+`run` would refuse); 2 usage or configuration error (`status`: cannot read the cluster);
+3 duplicate node name.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from failover import __version__, log
-from failover.config import Settings
+from failover.config import BACKENDS, Settings
 from failover.errors import ConfigError, FailoverError
 from failover.sources import describe, load_settings
 
@@ -24,19 +25,39 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DUPLICATE = 0, 1, 2, 3
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
+    labels: dict[str, str] = {}
     for item in getattr(args, "set", None) or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError("--set", f"{item!r} is not KEY=VALUE", "e.g. --set lease_seconds=5")
+        if not sep or not key.strip():
+            raise ConfigError(
+                "--set", f"{item!r} is not KEY=VALUE", "e.g. --set lease_seconds=5 or local.dir=/x"
+            )
         overrides[key.strip()] = value
     for name in ("node", "cluster", "backend"):
         value = getattr(args, name, None)
         if value:
             overrides[name] = value
-    command = [c for c in getattr(args, "child_command", None) or [] if c != "--"]
+            labels[name] = f"--{name}"
+    command = _child_command(getattr(args, "child_command", None))
     if command:
         overrides["command"] = command
-    return load_settings(args.config, overrides=overrides)
+        labels["command"] = "-- CMD"
+    return load_settings(args.config, overrides=overrides, labels=labels)
+
+
+def _child_command(words: list[str] | None) -> list[str]:
+    """The words after `--` (argparse keeps the `--`); a `--` with nothing after is refused."""
+    if not words:
+        return []
+    if words[0] == "--":
+        words = words[1:]
+        if not words:
+            raise ConfigError(
+                "--",
+                "no command after --",
+                "give the child, e.g. -- airflow scheduler, or drop the -- for the default",
+            )
+    return words
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -50,35 +71,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from failover.airflow import settings as airflow_settings
+    from failover.preflight import startup_checks
+
     try:
         settings = _settings_from(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _say("configuration error", err)
         return EXIT_FAIL
-    from failover import airflowdb
-
     print(json.dumps(describe(settings), indent=2, default=str))
     warnings = list(settings.warnings)
-    missing = airflowdb.airflow_on_path(settings.command, os.environ)
-    if missing:
-        warnings.append(f"command: {missing}")
-    warnings += airflowdb.environment_warnings(os.environ, settings.metadata_dsn is not None)
+    warnings += airflow_settings.environment_warnings(os.environ, settings.metadata_dsn is not None)
     if settings.backend == "zookeeper":
         from failover.config import zookeeper_session_seconds
 
-        print(
+        warnings.append(
             f"zookeeper session: {zookeeper_session_seconds(settings):g} s requested; the servers "
-            "may grant another value (shown as effective_lease_seconds in /status)",
-            file=sys.stderr,
+            "may grant another value (shown as effective_lease_seconds in /status)"
         )
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print("configuration is valid", file=sys.stderr)
+        _say("warning", warning)
+    try:
+        startup_checks(settings, os.environ)
+    except ConfigError as err:
+        _say("configuration error", err)
+        return EXIT_FAIL
+    print("failover: configuration is valid", file=sys.stderr)
     return EXIT_OK
 
 
+def _say(kind: str, text: object) -> None:
+    """The one style of every message on stderr: `failover: <kind>: <text>`."""
+    print(f"failover: {kind}: {text}" if kind else f"failover: {text}", file=sys.stderr)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from failover.status import cluster_status, render
+    from failover.ops.status import cluster_status, render
 
     settings = _settings_from(args)
     if args.interval < 0.1:
@@ -87,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             status = cluster_status(settings)
         except FailoverError as err:
-            print(f"error: cannot read cluster {settings.cluster!r}: {err}", file=sys.stderr)
+            _say("", f"cannot read cluster {settings.cluster!r}: {err}")
             if not args.watch:
                 return EXIT_USAGE
             status = None
@@ -105,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
-    from failover.status import request_switchover
+    from failover.ops.status import request_switchover
 
     settings = _settings_from(args)
     print(request_switchover(settings, args.to, args.wait))
@@ -114,7 +142,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 
 def _pause(paused: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from failover.status import set_paused
+        from failover.ops.status import set_paused
 
         settings = _settings_from(args)
         set_paused(settings, paused)
@@ -126,7 +154,7 @@ def _pause(paused: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from failover.demo import run_demo
+    from failover.demo.cluster import run_demo
 
     return run_demo(keep=args.keep)
 
@@ -135,7 +163,7 @@ USAGE_KEEPER = "failover keeper --connect PATH [--alive-file FILE] -- CMD"
 
 
 def cmd_keeper(args: argparse.Namespace) -> int:
-    from failover import keeper
+    from failover.keeper import core as keeper
 
     if args.check:
         return keeper.main(["--check", args.check, "--max-age", f"{args.max_age:g}"])
@@ -151,73 +179,138 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="TOML file (default: $FAILOVER_CONFIG)")
-    p.add_argument("--cluster", help="election namespace (default: airflow)")
-    p.add_argument("--node", help="this candidate's name (default: host name)")
-    p.add_argument("--backend", choices=("local", "postgres", "zookeeper"), help="election backend")
+SET_HELP = (
+    "any setting, repeatable: a top-level key (--set lease_seconds=5) or section.key for a "
+    "[section] of the TOML file (--set local.dir=/tmp/f, --set http.listen=); overrides "
+    "file and env"
+)
+
+
+def _common(p: argparse.ArgumentParser, client: bool = True) -> None:
+    p.add_argument("--config", "-c", help="TOML file (default: $FAILOVER_CONFIG, else none)")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. lease_seconds=5"
+        "--cluster", help="election namespace: which cluster to act on (default: airflow)"
     )
+    node = (
+        "only names this command's own database session; status, pause and switchover act "
+        "on the whole cluster (default: host name)"
+        if client
+        else "this candidate's unique name (default: host name)"
+    )
+    p.add_argument("--node", help=node)
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help=f"election backend: {', '.join(BACKENDS)} (default: local)",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one style of every failover message (one line, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"failover: usage error: {message} (see {self.prog} --help)\n")
+
+
+def _sub(sub: Any, name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary shows in `failover --help` and atop its own."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=f"{summary}. {description}".strip()
+    )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="failover",
         description="Airflow scheduler failover controller: one scheduler, always, never two.",
-        epilog="Exit codes: 0 ok; 1 failure / no healthy leader; 2 usage or config error; "
-        "3 duplicate node name.",
+        epilog="Exit codes: 0 ok; 1 failure / no healthy leader / check-config found a problem; "
+        "2 usage or config error, or status cannot read the cluster; 3 duplicate node name. "
+        "Settings: defaults < TOML file < FAILOVER_* env < flags.",
     )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
-    run = sub.add_parser(
+    run = _sub(
+        sub,
         "run",
-        help="run the daemon on this candidate",
-        description=(
-            "Take part in the election; run the child only while leader. "
-            "Give the child after --, e.g. failover run -- airflow scheduler"
-        ),
+        "Run the daemon on this candidate",
+        "Takes part in the election and runs the child only while leader. Give the child "
+        "after --, e.g. failover run -- airflow scheduler (default: the command setting, "
+        "airflow scheduler).",
     )
-    _common(run)
+    _common(run, client=False)
     run.add_argument("child_command", nargs=argparse.REMAINDER, help="-- CMD ARGS (the child)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="cluster table: node, role, epoch, heartbeat, child")
+    status = _sub(
+        sub,
+        "status",
+        "Print the cluster table: node, role, epoch, heartbeat, child",
+        "Read-only. Exit 0 with exactly one healthy leader, 1 without, 2 when the cluster "
+        "cannot be read.",
+    )
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--watch", "-w", action="store_true", help="refresh until Ctrl-C")
-    status.add_argument("--interval", type=float, default=1.0, help="--watch period (1 s)")
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="--watch period in seconds (default: 1)"
+    )
     status.set_defaults(func=cmd_status)
 
-    switch = sub.add_parser("switchover", help="hand leadership to another candidate gracefully")
+    switch = _sub(
+        sub,
+        "switchover",
+        "Hand leadership to another candidate gracefully",
+        "Waits until the new leader's child runs; refused (nothing changed) without a healthy "
+        "standby.",
+    )
     _common(switch)
     switch.add_argument("--to", metavar="NODE", help="the standby to promote (default: any)")
-    switch.add_argument("--wait", type=float, default=30.0, help="seconds to wait for it (30)")
+    switch.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for it (default: 30)"
+    )
     switch.set_defaults(func=cmd_switchover)
 
     for name, paused in (("pause", True), ("resume", False)):
-        p = sub.add_parser(
+        p = _sub(
+            sub,
             name,
-            help=("maintenance: keep the child, no elections" if paused else "end maintenance"),
+            "Maintenance: keep the current child, hold every election"
+            if paused
+            else "End maintenance: elections resume",
+            "Stored in the backend: survives daemon restarts.",
         )
         _common(p)
         p.set_defaults(func=_pause(paused))
 
-    check = sub.add_parser(
-        "check-config", help="print the effective, redacted config; exit 1 if bad"
+    check = _sub(
+        sub,
+        "check-config",
+        "Check the configuration as failover run would, print it redacted",
+        "Runs every start-up check of run; prints warnings; exit 1 on anything run would refuse.",
     )
-    _common(check)
+    _common(check, client=False)
     check.set_defaults(func=cmd_check_config)
 
-    demo = sub.add_parser(
-        "demo", help="three local candidates, kill the leader, watch the takeover"
+    demo = _sub(
+        sub,
+        "demo",
+        "Three local candidates: kill -9 the leader, watch the takeover, switch over",
+        "No servers and no Airflow needed (a stand-in child).",
     )
-    demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the three daemons running afterwards, to try status, switchover, pause; "
+        "prints the commands to use and to stop them (default: stop and remove everything)",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    keeper = sub.add_parser(
+    keeper = _sub(
+        sub,
         "keeper",
-        help="sidecar mode: run CMD for the daemon in another container",
-        description="Connect to a daemon's [keeper] listen socket and run CMD only while it "
+        "Sidecar mode: run CMD for a daemon in another container",
+        "Connect to a daemon's [keeper] listen socket and run CMD only while it "
         "leads; kill CMD's whole tree when the daemon stops vouching (EOF or missed deadline). "
         "Use as the scheduler container's command.",
     )
@@ -235,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     keeper.add_argument("child_command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     keeper.set_defaults(func=cmd_keeper)
 
-    version = sub.add_parser("version", help="print the version")
+    version = _sub(sub, "version", "Print the version")
     version.set_defaults(func=cmd_version)
     return parser
 
@@ -247,10 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as err:
-        print(f"failover: configuration error: {err}", file=sys.stderr)
+        _say("configuration error", err)
         return EXIT_USAGE
     except FailoverError as err:
-        print(f"failover: {err}", file=sys.stderr)
+        _say("", err)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

@@ -15,7 +15,8 @@ from typing import Any
 
 from failover.errors import ConfigError
 
-BACKENDS = ("local", "postgres", "zookeeper")
+# The backend names settings accept; each has a package in failover/backends/ (the registry).
+BACKENDS = ("local", "postgres", "mysql", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
@@ -46,6 +47,27 @@ class PostgresSettings:
     notify: bool = field(default=True, metadata=_doc("LISTEN/NOTIFY so standbys wake at once"))
     iam_auth: bool = field(
         default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
+
+
+@dataclass(frozen=True)
+class MySQLSettings:
+    dsn: str | None = field(
+        default=None, metadata=_doc("lock connection DSN mysql://... (default: metadata_dsn)")
+    )
+    allow_proxy: bool = field(
+        default=False,
+        metadata=_doc(
+            "allow a DSN that looks like RDS Proxy or ProxySQL (named locks need a "
+            "direct connection)"
+        ),
+    )
+    iam_auth: bool = field(
+        default=False, metadata=_doc("RDS IAM auth: a fresh token as the password (extra aws)")
+    )
+    ssl_ca: str | None = field(default=None, metadata=_doc("CA bundle: connect with TLS"))
+    ssl_verify_identity: bool = field(
+        default=False, metadata=_doc("with ssl_ca: check the server's host name too")
     )
 
 
@@ -151,7 +173,7 @@ class AirflowSettings:
 class Settings:
     cluster: str = field(default="airflow", metadata=_doc("election namespace"))
     node: str = field(default_factory=socket.gethostname, metadata=_doc("this candidate's name"))
-    backend: str = field(default="local", metadata=_doc("local, postgres or zookeeper"))
+    backend: str = field(default="local", metadata=_doc("local, postgres, mysql or zookeeper"))
     command: tuple[str, ...] = field(
         default=("airflow", "scheduler"), metadata=_doc("the supervised child")
     )
@@ -178,6 +200,7 @@ class Settings:
         default=False, metadata=_doc("accept secret-holding files readable by group/others")
     )
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    mysql: MySQLSettings = field(default_factory=MySQLSettings)
     zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -189,6 +212,8 @@ class Settings:
 
     @property
     def lock_dsn(self) -> str | None:
+        if self.backend == "mysql":
+            return self.mysql.dsn or self.metadata_dsn
         return self.postgres.dsn or self.metadata_dsn
 
     @property
@@ -214,6 +239,7 @@ class Settings:
 
 SECTIONS: dict[str, type[Any]] = {
     "postgres": PostgresSettings,
+    "mysql": MySQLSettings,
     "zookeeper": ZooKeeperSettings,
     "local": LocalSettings,
     "http": HttpSettings,
@@ -239,10 +265,13 @@ def validate(settings: Settings) -> Settings:
                 "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
             )
     if s.backend not in BACKENDS:
-        raise ConfigError("backend", f"unknown backend {s.backend!r}", f"use one of {BACKENDS}")
+        raise ConfigError(
+            "backend", f"unknown backend {s.backend!r}", f"use one of {', '.join(BACKENDS)}"
+        )
     longest = f"failover:{s.cluster}:{s.node}:{10**9 - 1}:keeper"  # an epoch of 9 digits
     room = PG_NAME_BYTES - len(longest.encode()) + len(s.cluster) + len(s.node)
-    if (s.backend == "postgres" or s.metadata_dsn) and len(longest.encode()) > PG_NAME_BYTES:
+    pg_metadata = bool(s.metadata_dsn) and not str(s.metadata_dsn).startswith("mysql://")
+    if (s.backend == "postgres" or pg_metadata) and len(longest.encode()) > PG_NAME_BYTES:
         # PostgreSQL cuts application_name to 63 bytes: fencing would not see the session.
         raise ConfigError(
             "node",
@@ -271,6 +300,12 @@ def validate(settings: Settings) -> Settings:
             "the postgres backend needs a database",
             "set [postgres] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         )
+    if s.backend == "mysql" and not s.lock_dsn:
+        raise ConfigError(
+            "mysql.dsn",
+            "the mysql backend needs a database",
+            "set [mysql] dsn, metadata_dsn or AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        )
     if s.backend == "zookeeper":
         _validate_zookeeper(s)
     for name in ("health_threshold_seconds", "startup_grace_seconds"):
@@ -289,7 +324,7 @@ def validate(settings: Settings) -> Settings:
         )
     if s.log.format not in LOG_FORMATS:
         raise ConfigError(
-            "log.format", f"unknown format {s.log.format!r}", f"use one of {LOG_FORMATS}"
+            "log.format", f"unknown format {s.log.format!r}", f"use one of {', '.join(LOG_FORMATS)}"
         )
     if s.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(

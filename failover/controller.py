@@ -1,63 +1,29 @@
-"""The loop tick: decide from backend, child, clock and flags; end in one sentence.
+"""The loop tick and its leader side: decide from backend, child, clock and flags; end in one
+sentence. The standby side is in `standby.py`.
 
 No sleeps, no threads, no drivers: everything it touches is passed in.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from failover import __version__
+from failover.airflow.health import Health, HealthPolicy, JobSource, Verdict, judge
 from failover.child import Child, ChildState, child_env
 from failover.dbreach import DbReach
-from failover.election.base import ClusterFlags, ElectionBackend, MemberState, MemberStore
 from failover.errors import BackendUnavailable, ChildError
-from failover.health import Health, HealthPolicy, JobSource, Verdict, judge
+from failover.interfaces import ClusterFlags, ElectionBackend, MemberState, MemberStore
 from failover.records import Records
+from failover.roles import FAST_TICK, SETTLE_TICK, Role, TickResult, Timings
+from failover.standby import Standby
 
-FAST_TICK = 0.02
-SETTLE_TICK = 0.1
 KEEPER_STUCK = "keeper stopped answering"
 
-
-class Role(enum.Enum):
-    STANDBY = "standby"
-    FENCING = "fencing"  # won leadership; making older epochs harmless before the start
-    LEADER = "leader"
-    DEMOTING = "demoting"  # stopping the child; leadership is released once it is gone
-    STOPPED = "stopped"  # shut down
+__all__ = ["KEEPER_STUCK", "Controller", "Role", "TickResult", "Timings"]
 
 
-@dataclass(frozen=True)
-class Timings:
-    lease: float
-    loop: float
-    self_fence: float  # child may run this long after the start of a proven renew
-    stop_timeout: float
-    backend_timeout: float  # a metadata-DB call slower than this failed, for the whole tick
-
-    @property
-    def demote_lead(self) -> float:
-        """Start a graceful stop this long before the self-fence deadline."""
-        return min(self.stop_timeout, self.lease / 2)
-
-
-@dataclass(frozen=True)
-class TickResult:
-    sentence: str
-    role: Role
-    epoch: int
-    leader: str | None
-    wait: float
-    paused: bool
-    backend_up: bool
-    transition: str | None = None  # reason of a leadership change made by this tick
-
-
-class Controller:
+class Controller(Standby):
     """Pure decisions over injected parts; `tick()` is the whole loop body."""
 
     def __init__(
@@ -94,6 +60,9 @@ class Controller:
         self.fence_deadline: float | None = None
         self.fenced = 0
         self.cooldown_until = 0.0
+        self.switch_epoch: int | None = None
+        self.stalled_since: float | None = None
+        self.switch_note = ""
         self.demote_reason = ""
         self.shutting_down = False
         self.backend_up = True
@@ -248,16 +217,6 @@ class Controller:
     def _keeper_args(self) -> list[str]:
         return ["--name", f"failover:{self.cluster}:{self.node}", *self.backend.keeper_args()]
 
-    def _keep_warm(self, now: float) -> None:
-        """A standby keeps a keeper started in advance, so promotion skips its start-up."""
-        if not self.child.wants_warm(now):
-            return  # (no env to build: with IAM auth that would mean a token every tick)
-        try:
-            self.child.prepare(now, self._keeper_env(), self._keeper_args())
-        except (ChildError, BackendUnavailable) as err:
-            self.child.warm_error = str(err)
-            self.child.warm_retry_at = now + self.t.loop
-
     def _start_child(self, now: float, prefix: str) -> tuple[str, str | None]:
         self.job_baseline = None
         if self.health is not None and self.records.failed:
@@ -278,6 +237,7 @@ class Controller:
         except (ChildError, BackendUnavailable) as err:
             self._demote("child start failed")
             return f"cannot start the child ({err}); giving leadership up", "child_start_failed"
+        self.child.hand_session(self.backend.keeper_session())
         transition = "elected" if self.role is Role.FENCING else None
         self.role = Role.LEADER
         return f"{prefix}leader with epoch {self.epoch}: starting the child", transition
@@ -346,19 +306,20 @@ class Controller:
             return None
         if self.records.failed:
             return None  # the DB failed us in this tick: the request is handled next tick
+        wanted = target or "another member"
         try:
             if target == self.node:
-                self.store.clear_switchover()
+                self.store.clear_switchover(f"switchover to {wanted}: it leads already")
                 return None
             candidates = self._healthy_standbys()
             refused = (target and target not in candidates) or not candidates
             if refused:
-                self.store.clear_switchover()
+                sentence = f"switchover to {wanted} refused: no such healthy standby"
+                self.store.clear_switchover(f"{sentence}; {self.node} stays leader")
         except BackendUnavailable:
             return None  # cannot check the request now: no switchover this tick
         if refused:
-            wanted = target or "any standby"
-            return f"switchover to {wanted} refused: no such healthy standby; staying leader", None
+            return f"{sentence}; staying leader", None
         return self._demote_now("switchover")
 
     def _healthy_standbys(self) -> list[str]:
@@ -412,95 +373,6 @@ class Controller:
         if self.child.keeper_stuck:
             note = f" ({self.child.keeper_stuck}: the daemon killed its tree){note}"
         return f"released leadership of epoch {self.epoch} after the child exited{note}", None
-
-    # -- standby side -----------------------------------------------------------------------
-    def _stand(self, now: float) -> tuple[str, str | None]:
-        self.records.read_flags()
-        if self.shutting_down and self.child.gone:
-            return "standby: nothing to stop", None
-        waiting = self._not_campaigning(now)
-        if waiting is None:
-            return self._campaign(now)
-        # A release that failed (a backend blip) may have left our place in the queue; only
-        # `try_acquire` would clean it up, and we do not campaign: finish leaving it now.
-        with contextlib.suppress(BackendUnavailable):
-            self.backend.tidy()
-        return waiting
-
-    def _not_campaigning(self, now: float) -> tuple[str, str | None] | None:
-        """Why this standby tick does not campaign, or None when it should."""
-        if not self.child.gone:
-            self.child.stop(hard=True)
-            return "standby with a child still alive: killing it", None
-        if self.child.state is ChildState.FAILED and now >= self.cooldown_until:
-            self.child.reset_failures()
-        self._keep_warm(now)
-        if self.flags.paused:
-            return f"paused: no elections; leader is {self.leader or 'nobody'}", None
-        if now < self.cooldown_until:
-            return (
-                f"standby cooling down for {self.cooldown_until - now:.1f} s after stepping "
-                f"down ({self.demote_reason})",
-                None,
-            )
-        if self._yield_to_switchover_target():
-            return (
-                f"standby: switchover to {self.flags.switchover_to} pending, not campaigning",
-                None,
-            )
-        return self._hold_back_for_db()
-
-    def _yield_to_switchover_target(self) -> bool:
-        target = self.flags.switchover_to
-        age = self.flags.switchover_age or 0.0
-        return bool(target) and target != self.node and age < 2 * self.t.lease
-
-    def _ready(self, now: float) -> bool:
-        """A standby that would campaign now (what a DB-blind leader may hand over to)."""
-        return (
-            self.role is Role.STANDBY
-            and self.child.gone
-            and not self.shutting_down
-            and not self.flags.paused
-            and now >= self.cooldown_until
-            and not self._yield_to_switchover_target()
-        )
-
-    def _hold_back_for_db(self) -> tuple[str, str | None] | None:
-        """Cannot reach the metadata DB while another member can: leave leadership to it (and
-        leave the queue: a contender that does not campaign would block the ones behind)."""
-        reach = self.db_reach
-        peers = reach.hold_back_for() if reach is not None else []
-        if reach is None or not peers:
-            return None
-        with contextlib.suppress(BackendUnavailable):
-            self.backend.release()
-        return reach.hold_back_sentence(peers), None
-
-    def _campaign(self, now: float) -> tuple[str, str | None]:
-        started = self.clock()  # after this tick's DB read, which may have been slow
-        try:
-            won = self.backend.try_acquire()
-            if not won:
-                info = self.backend.leader()
-                self.backend_up = True
-                self.leader, self.epoch = info.node, info.epoch
-                return f"no action: following leader {info.node} (epoch {info.epoch})", None
-            self.epoch = self.backend.bump_epoch()
-        except BackendUnavailable as err:
-            self.backend_up = False
-            return f"standby: backend unavailable ({err})", None
-        self.backend_up = True
-        self.role = Role.FENCING
-        self.leader = self.node
-        self._proven(started)
-        self.fence_deadline = None
-        if self.flags.switchover_to is not None:
-            self.records.call(self.store.clear_switchover)
-        # History is best effort; leadership is not (and a DB that failed us is not waited on).
-        self.records.call(lambda: self.store.begin_term(self.epoch, self.node, "elected"))
-        sentence, transition = self._fence(now)
-        return f"acquired leadership, epoch {self.epoch}; {sentence}", transition or "elected"
 
     # -- records ----------------------------------------------------------------------------
     @property

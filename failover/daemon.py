@@ -16,21 +16,24 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from failover import __version__, airflowdb, log, proctree, publish
+from failover import __version__, log
+from failover.airflow import settings as airflow_settings
+from failover.airflow.health import HealthPolicy, JobSource
+from failover.backends import open_backend, open_metadata
 from failover.child import Child, ChildPolicy
 from failover.config import Settings, zookeeper_db_resign_seconds
 from failover.controller import Controller, Role, TickResult, Timings
 from failover.dbreach import DbReach, ReachPolicy
-from failover.election import open_backend, open_reach, password_for
 from failover.errors import ConfigError, FailoverError
-from failover.health import HealthPolicy
-from failover.http import Board, Server, read_token
-from failover.launcher import KeeperLauncher, SidecarLauncher
-from failover.metrics import Metrics
-from failover.pg import RECONNECT_MAX_SECONDS
-from failover.proof import boottime
-from failover.sdnotify import Notifier
-from failover.sources import check_private_file
+from failover.interfaces import RECONNECT_MAX_SECONDS
+from failover.keeper import proctree
+from failover.keeper.launcher import KeeperLauncher, SidecarLauncher
+from failover.keeper.proof import boottime
+from failover.ops import publish
+from failover.ops.http import Board, Server
+from failover.ops.metrics import Metrics
+from failover.ops.sdnotify import Notifier
+from failover.preflight import startup_checks
 
 REPEAT_SENTENCE_SECONDS = 60.0
 
@@ -85,7 +88,9 @@ def check_watchdog(period: float | None, settings: Settings) -> None:
 
 
 def health_policy(settings: Settings) -> HealthPolicy:
-    threshold = settings.airflow.health_threshold_seconds or airflowdb.health_threshold(os.environ)
+    threshold = settings.airflow.health_threshold_seconds or airflow_settings.health_threshold(
+        os.environ
+    )
     grace = settings.airflow.startup_grace_seconds or max(60.0, 2 * threshold)
     return HealthPolicy(threshold=threshold, startup_grace=grace)
 
@@ -104,19 +109,12 @@ def reach_policy(settings: Settings) -> ReachPolicy:
     )
 
 
-def _health_source(settings: Settings) -> airflowdb.JobTable | None:
+def _health_source(settings: Settings) -> JobSource | None:
     if not settings.airflow.health_check or not settings.metadata_dsn:
         return None
-    return airflowdb.JobTable(
-        settings.metadata_dsn,
-        settings.cluster,
-        settings.node,
-        settings.backend_timeout_seconds,
-        airflowdb.expected_hostname(os.environ),
-        lambda text: log.get().warning("health_warning", warning=text),
-        password_for(settings, settings.metadata_dsn),
+    return open_metadata(settings, settings.metadata_dsn).jobs(
+        airflow_settings.expected_hostname(os.environ),
         _log_released if settings.airflow.release_orphans else None,
-        settings.lease_seconds,
     )
 
 
@@ -169,7 +167,7 @@ class Daemon:
         self.on_tick = on_tick
         self.notify = Notifier()
         check_watchdog(self.notify.watchdog_seconds, settings)
-        token = read_token(settings.http.token_file, settings.allow_insecure_permissions)
+        token = startup_checks(settings, os.environ)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(
             self.registry, __version__, settings.backend, settings.node, settings.cluster
@@ -179,11 +177,6 @@ class Daemon:
         if settings.http.listen:
             tls = None
             if settings.http.tls_cert_file and settings.http.tls_key_file:
-                check_private_file(
-                    settings.http.tls_key_file,
-                    "http.tls_key_file",
-                    settings.allow_insecure_permissions,
-                )
                 tls = (settings.http.tls_cert_file, settings.http.tls_key_file)
             self.http = Server(
                 settings.http.listen,
@@ -193,12 +186,10 @@ class Daemon:
                 publish.actions(settings),
                 tls,
             )
-        missing = airflowdb.airflow_on_path(settings.command, os.environ)
-        if missing and not settings.keeper.listen:  # in sidecar mode another container runs it
-            raise ConfigError("command", missing, "install it or fix the command")
-        self.backend, self.store = open_backend(settings)
+        parts = open_backend(settings)
+        self.backend, self.store = parts.election, parts.members
         self.health = _health_source(settings)
-        board = open_reach(settings, self.backend)
+        board = parts.reach
         reach = DbReach(board, reach_policy(settings), settings.node) if board else None
         self.sidecar = SidecarLauncher(settings.keeper.listen) if settings.keeper.listen else None
         launcher: KeeperLauncher | SidecarLauncher = self.sidecar or KeeperLauncher(
@@ -370,15 +361,19 @@ class Daemon:
             readable, _, _ = select.select(fds, [], [], timeout)
             if signal_fd in readable:
                 _drain(signal_fd)
-            if self.child.link is not None and self.child.link.fileno() in readable:
-                if self.child.poll(boottime()) or self.child.link is None:
-                    return  # news from the keeper (not only its ACKs): tick at once
+            link = self.child.link
+            if link is not None and link.fileno() in readable and self._keeper_news():
+                return  # news from the keeper (not only its ACKs): tick at once
             if self.child.warm is not None and self.child.warm.fileno() in readable:
                 self.child.poll(boottime())
             if self.sidecar is not None and self.sidecar.fileno() in readable:
                 return
             if (watch in readable or poll) and self.backend.changed():
                 return
+
+    def _keeper_news(self) -> bool:
+        """Take in what the child's keeper said; True unless it was only ACKs."""
+        return bool(self.child.poll(boottime())) or self.child.link is None
 
     def _may_accept(self) -> bool:
         """Only a standby that would take a warm keeper now: else a pending connection would

@@ -1,4 +1,5 @@
-"""PostgreSQL connection strings: normalize SQLAlchemy URLs, redact secrets, spot poolers.
+"""Database connection strings: normalize SQLAlchemy URLs, redact secrets, spot poolers
+(PostgreSQL) and proxies (MySQL); MySQL URLs also become PyMySQL's connect arguments.
 
 Pure string work: no driver import, so config and CLI stay fast and safe.
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from failover.errors import ConfigError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+MYSQL_SCHEMES = ("mysql", "mariadb")  # any driver: +mysqldb, +pymysql, +mysqlconnector
 POOLER_PORTS = (6432,)
+PROXY_PORTS = (6033,)  # ProxySQL's client port
 _KV_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _KV_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
@@ -41,6 +45,24 @@ def normalize_sqlalchemy_url(url: str) -> str | None:
     if base not in POSTGRES_SCHEMES:
         return None
     return f"postgresql://{rest}"
+
+
+def normalize_mysql_url(url: str) -> str | None:
+    """`mysql://...` for a MySQL / MariaDB SQLAlchemy URL (`mysql+mysqldb://`, `+pymysql`,
+    `+mysqlconnector`, `mariadb+...://`), None for anything else."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() not in MYSQL_SCHEMES:
+        return None
+    return f"mysql://{rest}"
+
+
+def normalize_metadata_url(url: str) -> str | None:
+    """The normalized DSN of a PostgreSQL or MySQL URL, None for other databases."""
+    return normalize_mysql_url(url) or normalize_sqlalchemy_url(url)
+
+
+def is_mysql_dsn(dsn: str | None) -> bool:
+    return bool(dsn) and str(dsn).startswith("mysql://")
 
 
 def redact_dsn(dsn: str) -> str:
@@ -90,8 +112,8 @@ def has_password(dsn: str) -> bool:
     return bool(parts.password) or "password" in {k.lower() for k in query}
 
 
-def _port(value: str) -> int:
-    port = int(value or 5432)
+def _port(value: str, default: int = 5432) -> int:
+    port = int(value or default)
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     return port
@@ -108,7 +130,8 @@ def _parse_dsn(dsn: str) -> DsnInfo:
         host = unquote(parts.hostname or "") or params.get("host", "")
         user = unquote(parts.username or "") or params.get("user", "")
         dbname = unquote(parts.path.lstrip("/")) or params.get("dbname", "")
-        port_value = _port(netloc_port if has_port else params.get("port", "5432"))
+        default = 3306 if is_mysql_dsn(text) else 5432
+        port_value = _port(netloc_port if has_port else params.get("port", ""), default)
     else:
         for key, value in _KV_PAIR.findall(text):
             params[key.lower()] = value.strip("'")
@@ -126,6 +149,54 @@ def looks_like_pooler(info: DsnInfo) -> bool:
     """True for PgBouncer's default port or a host that names a pooler."""
     host = info.host.lower()
     return info.port in POOLER_PORTS or "pgbouncer" in host or "pooler" in host or "proxy-" in host
+
+
+def looks_like_proxy(info: DsnInfo) -> bool:
+    """True for an RDS Proxy endpoint (`*.proxy-*.rds.amazonaws.com`) or ProxySQL's port:
+    a proxy may pin, multiplex or move a session, and a named lock lives in one session."""
+    host = info.host.lower()
+    return info.port in PROXY_PORTS or ".proxy-" in host or "proxysql" in host
+
+
+TRUE_WORDS = ("1", "true", "yes", "on", "required", "verify_identity")
+
+
+def mysql_connect_args(dsn: str) -> dict[str, Any]:
+    """PyMySQL's `connect()` arguments of `mysql://user:pw@host:3306/db?...`: host, port,
+    user, password, database, charset, and TLS from `ssl_ca`, `ssl_cert`, `ssl_key`,
+    `ssl_verify_identity` (also `ssl_mode=VERIFY_IDENTITY`). Other parameters are ignored."""
+    parts = urlsplit(dsn.strip())
+    params = {k.lower(): v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    info = _parse_dsn(dsn)
+    args: dict[str, Any] = {
+        "host": info.host if info.host != "localhost" else "127.0.0.1",
+        "port": info.port,
+        "user": info.user,
+        "password": unquote(parts.password or "") or params.get("password", ""),
+        "database": info.dbname or None,
+        "charset": params.get("charset", "utf8mb4"),
+    }
+    if params.get("unix_socket"):
+        args["unix_socket"] = params["unix_socket"]
+    ssl: dict[str, Any] = {}
+    for key in ("ssl_ca", "ssl_cert", "ssl_key"):
+        if params.get(key):
+            ssl[key.removeprefix("ssl_")] = params[key]
+    mode = params.get("ssl_mode", "").lower()
+    verify = params.get("ssl_verify_identity", "").lower() in TRUE_WORDS
+    if ssl or mode in ("required", "verify_ca", "verify_identity"):
+        args["ssl"] = ssl or {"ca": None}
+        args["ssl_verify_cert"] = "ca" in ssl or mode in ("verify_ca", "verify_identity")
+        args["ssl_verify_identity"] = verify or mode == "verify_identity"
+    return args
+
+
+def with_params(dsn: str, **params: str) -> str:
+    """The URL with these query parameters set (empty values are left out)."""
+    parts = urlsplit(dsn.strip())
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query += [(k, v) for k, v in params.items() if v]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def is_loopback(host: str) -> bool:

@@ -13,18 +13,24 @@ class FailoverError(Exception):
 
 
 class ConfigError(FailoverError):
-    """The configuration is invalid: names the field and the fix."""
+    """The configuration is invalid: names the field (as the user wrote it: env var, file and
+    line, `--set`, when known as `source`) and the fix."""
 
     exit_code = 2
 
-    def __init__(self, field: str, problem: str, fix: str = "") -> None:
+    def __init__(self, field: str, problem: str, fix: str = "", source: str = "") -> None:
         self.field = field
         self.problem = problem
         self.fix = fix
-        text = f"{field}: {problem}"
+        self.source = source or field
+        text = f"{self.source}: {problem}"
         if fix:
             text += f" ({fix})"
         super().__init__(text)
+
+    def from_source(self, source: str) -> ConfigError:
+        """The same error, naming where the user set the field."""
+        return ConfigError(self.field, self.problem, self.fix, source)
 
 
 class BackendUnavailable(FailoverError):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 from failover.dbreach import DbReach
-from failover.election.base import ClusterFlags, MemberState, MemberStore
 from failover.errors import BackendUnavailable
+from failover.interfaces import ClusterFlags, MemberState, MemberStore
 
 
 class Records:
@@ -42,10 +42,10 @@ class Records:
 
         self._run(read)
 
-    def call(self, call: Callable[[], None]) -> None:
-        """A best-effort store call, skipped when the store failed us in this tick."""
-        if not self.failed:
-            self._run(call)
+    def call(self, call: Callable[[], None]) -> bool:
+        """A best-effort store call, skipped when the store failed us in this tick; whether
+        it was made and succeeded."""
+        return not self.failed and self._run(call)
 
     def slow(self, started: float, ended: float | None = None) -> None:
         """A metadata-DB call that took longer than the backend timeout counts as failed."""

@@ -11,32 +11,36 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from failover.config import SECTIONS, Settings, validate
 from failover.dsn import (
     has_password,
     is_loopback,
+    is_mysql_dsn,
     looks_like_pooler,
+    normalize_metadata_url,
     normalize_sqlalchemy_url,
     parse_dsn,
     redact_dsn,
 )
+from failover.dsncheck import check_lock_dsn, check_mysql, metadata_only, mysql_only
 from failover.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from failover.tomlfile import key_origins, read_toml
 
 ENV_PREFIX = "FAILOVER_"
-# Env names that are not settings: set for children, or read by other tools.
-ENV_IGNORED = {"FAILOVER_CONFIG", "FAILOVER_EPOCH", "FAILOVER_NODE_ROLE", "FAILOVER_CLUSTER_ROLE"}
+# Env names that are not settings: set for children, or read by other tools (scripts/test).
+ENV_IGNORED = {
+    "FAILOVER_CONFIG",
+    "FAILOVER_EPOCH",
+    "FAILOVER_NODE_ROLE",
+    "FAILOVER_CLUSTER_ROLE",
+    "FAILOVER_SKIP_SETUP",
+    "FAILOVER_VENV",
+}
 ENV_IGNORED_PREFIXES = ("FAILOVER_TEST_", "FAILOVER_KEEPER_")
 AIRFLOW_CONN_VARS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN")
 
@@ -53,16 +57,39 @@ def load_settings(
     config_path: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Layer the sources, resolve the metadata DSN, validate, return the settings."""
+    """Layer the sources, resolve the metadata DSN, validate, return the settings.
+
+    An error names the setting as the user wrote it: its env var, file and line, or its
+    override's label (`labels[key]`, e.g. `--node`; default `--set KEY`)."""
     env = os.environ if env is None else env
+    origins: dict[str, str] = {}
+    try:
+        return _load(config_path, env, overrides or {}, labels or {}, origins)
+    except ConfigError as err:
+        if err.source != err.field or err.field not in origins:
+            raise
+        raise err.from_source(origins[err.field]) from err
+
+
+def _load(
+    config_path: str | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    labels: Mapping[str, str],
+    origins: dict[str, str],
+) -> Settings:
     raw: dict[str, Any] = {}
     path = config_path or env.get("FAILOVER_CONFIG")
+    from_file: dict[str, Any] = {}
     if path:
-        from_file = _read_toml(path)
+        from_file, text = read_toml(path)
+        origins.update(key_origins(path, from_file, text))
         _merge(raw, from_file, "file")
-    _merge(raw, _from_env(env), "env")
-    for key, value in (overrides or {}).items():
+    _merge(raw, _from_env(env, origins), "env")
+    for key, value in overrides.items():
+        origins[key] = labels.get(key, f"--set {key}")
         _merge(raw, _nest(key, value), "cli")
     warnings: list[str] = []
     settings = _resolve_aws(_build(raw), env)
@@ -70,14 +97,19 @@ def load_settings(
         settings = settings.replace(metadata_dsn=_airflow_dsn(env, warnings))
     else:
         settings = settings.replace(
-            metadata_dsn=_postgres_only("metadata_dsn", settings.metadata_dsn)
+            metadata_dsn=metadata_only("metadata_dsn", settings.metadata_dsn)
         )
     if settings.postgres.dsn:
         pg = dataclasses.replace(
             settings.postgres, dsn=_postgres_only("postgres.dsn", settings.postgres.dsn)
         )
         settings = settings.replace(postgres=pg)
+    if settings.mysql.dsn:
+        my = dataclasses.replace(settings.mysql, dsn=mysql_only("mysql.dsn", settings.mysql.dsn))
+        settings = settings.replace(mysql=my)
+    check_lock_dsn(settings)
     _check_postgres(settings, warnings)
+    check_mysql(settings, warnings)
     _check_prewarm(settings, warnings)
     if path and _file_has_secret(from_file):
         check_private_file(path, "--config", settings.allow_insecure_permissions)
@@ -126,10 +158,11 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
     """`node = "imds"` and `secretsmanager:` DSNs, resolved once at load time."""
     wants_secret = [
         dsn
-        for dsn in (settings.metadata_dsn, settings.postgres.dsn)
+        for dsn in (settings.metadata_dsn, settings.postgres.dsn, settings.mysql.dsn)
         if dsn and dsn.startswith("secretsmanager:")
     ]
-    if settings.node != "imds" and not wants_secret and not settings.postgres.iam_auth:
+    iam = settings.postgres.iam_auth or settings.mysql.iam_auth
+    if settings.node != "imds" and not wants_secret and not iam:
         return settings
     from failover import aws
 
@@ -148,12 +181,24 @@ def _resolve_aws(settings: Settings, env: Mapping[str, str]) -> Settings:
             settings.postgres, dsn=aws.resolve_secret("postgres.dsn", settings.postgres.dsn, region)
         )
         settings = settings.replace(postgres=pg)
+    if settings.mysql.dsn and settings.mysql.dsn.startswith("secretsmanager:"):
+        my = dataclasses.replace(
+            settings.mysql, dsn=aws.resolve_secret("mysql.dsn", settings.mysql.dsn, region)
+        )
+        settings = settings.replace(mysql=my)
     return settings
 
 
 def _check_postgres(settings: Settings, warnings: list[str]) -> None:
     """Refuse a pooler for the lock; warn about plain-text connections to remote hosts."""
-    dsns = {"metadata_dsn": settings.metadata_dsn, "postgres.dsn": settings.lock_dsn}
+    dsns = {
+        label: dsn
+        for label, dsn in (
+            ("metadata_dsn", settings.metadata_dsn),
+            ("postgres.dsn", settings.lock_dsn),
+        )
+        if not is_mysql_dsn(dsn)
+    }
     if settings.backend == "postgres" and settings.lock_dsn:
         info = parse_dsn(settings.lock_dsn, "postgres.dsn")
         if looks_like_pooler(info) and not settings.postgres.allow_pooler:
@@ -174,22 +219,7 @@ def _check_postgres(settings: Settings, warnings: list[str]) -> None:
             )
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        text = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            "--config", f"cannot read {path}: {err.strerror}", "check the path and permissions"
-        ) from err
-    try:
-        return tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError("--config", f"{path} is not UTF-8 text", "save it as UTF-8") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("--config", f"{path} is not valid TOML: {err}", "fix the syntax") from err
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(env: Mapping[str, str], origins: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in ENV_IGNORED:
@@ -204,6 +234,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if sub not in known or sub in SECTIONS:
             raise _unknown(name, sub, [k for k in known if k not in SECTIONS])
         _merge(out, _nest(key, value, env_name=name), "env")
+        origins[key] = name
     return out
 
 
@@ -329,11 +360,11 @@ def _airflow_dsn(env: Mapping[str, str], warnings: list[str]) -> str | None:
             value = _airflow_secret(var + "_SECRET", env)
         if not value:
             continue
-        normalized = normalize_sqlalchemy_url(value)
+        normalized = normalize_metadata_url(value)
         if normalized is None:
             warnings.append(
-                f"{var} is {redact_dsn(value)}, not PostgreSQL: no metadata DB for member "
-                "tables and health (set metadata_dsn to a PostgreSQL database to enable them)"
+                f"{var} is {redact_dsn(value)}, neither PostgreSQL nor MySQL: no metadata DB for "
+                "member tables and health (set metadata_dsn to enable them)"
             )
             return None
         return normalized

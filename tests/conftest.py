@@ -6,6 +6,7 @@ Nothing here is autouse: a server starts only when a test requests its fixture.
   ``FAILOVER_TEST_SERVERS`` is ``auto``/``docker``, otherwise local binaries).
 * ``pg_dsn``: a fresh database per test on the session server (superuser DSN).
 * ``zk_chroot``: ``"127.0.0.1:PORT/t-<uuid>"``, a fresh (created) chroot per test.
+* ``my_server`` / ``my_dsn`` / ``my_factory``: the same for MariaDB (mysql backend).
 * ``pg_factory`` / ``zk_factory``: private local servers for tests that stop,
   restart or kill them; closed at test end.
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -29,6 +32,26 @@ except ImportError:  # tests/ itself is on sys.path (rootdir conftest import)
     import servers  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 T = TypeVar("T")
+
+
+_SESSION_TMPDIR: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process the tests start gets TMPDIR = one directory of this session, removed at its
+    end: a SIGKILLed Airflow scheduler leaves its multiprocessing `pymp-*` directories there,
+    not in /tmp. This process keeps /tmp (tempfile caches it first), so pytest's own
+    `tmp_path` directories stay where they are."""
+    tempfile.gettempdir()
+    path = tempfile.mkdtemp(prefix="failover-tests-")
+    _SESSION_TMPDIR.append(path)
+    os.environ["TMPDIR"] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _SESSION_TMPDIR:
+        shutil.rmtree(path, ignore_errors=True)
+    _SESSION_TMPDIR.clear()
 
 
 def _unavailable(exc: Exception) -> NoReturn:
@@ -161,6 +184,56 @@ class ZooKeeperFactory:
 @pytest.fixture
 def zk_factory() -> Iterator[ZooKeeperFactory]:
     factory = ZooKeeperFactory()
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture(scope="session")
+def my_server() -> Iterator[servers.MariaDBServer]:
+    """One MariaDB server (Debian's mariadb-server binaries) for the whole session."""
+    server = _build(servers.MariaDBServer)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def my_dsn(my_server: servers.MariaDBServer) -> Iterator[str]:
+    """Root DSN (``mysql://root@127.0.0.1:PORT/t_<hex>``) of a fresh database; dropped after."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    dsn = my_server.create_database(name)
+    yield dsn
+    with contextlib.suppress(Exception):
+        my_server.drop_database(name)
+
+
+class MariaDBFactory:
+    """``my_factory(**kwargs)`` -> a started private MariaDBServer (restart / kill tests)."""
+
+    def __init__(self) -> None:
+        self.servers: list[servers.MariaDBServer] = []
+
+    def __call__(self, **kwargs: Any) -> servers.MariaDBServer:
+        server = _build(servers.MariaDBServer, **kwargs)
+        self.servers.append(server)
+        return server.start()
+
+    def close(self) -> None:
+        for server in reversed(self.servers):
+            with contextlib.suppress(Exception):
+                server.close()
+
+
+@pytest.fixture
+def my_factory() -> Iterator[MariaDBFactory]:
+    factory = MariaDBFactory()
     try:
         yield factory
     finally:

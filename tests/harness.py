@@ -6,6 +6,7 @@ of two different epochs (or nodes) are alive at once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -178,6 +179,14 @@ class Cluster:
         probe = [sys.executable, PROBE, "--tag", self.tag, "--record", str(self.records)]
         return [*argv, "--", *probe, *self.probe_args]
 
+    def client_args(self) -> list[str]:
+        """`--cluster` and the daemons' `--set` options (less HTTP and log), for client
+        commands such as `failover status` or `switchover` run against this cluster."""
+        argv = self.argv(self.nodes[0])
+        sets = [f"--set={v}" for k, v in itertools.pairwise(argv) if k == "--set"]
+        sets = [s for s in sets if not s.startswith(("--set=http.", "--set=log."))]
+        return ["--cluster", self.cluster, *sets]
+
     def start(self, node: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{node}.log", "ab")
@@ -298,14 +307,14 @@ class DbSampler(Periodic):
             self.conn.close()
 
 
-# failover/prewarm.py's /proc/<pid>/comm until GO: while importing, then once ready.
+# failover/airflow/prewarm.py's /proc/<pid>/comm until GO: while importing, then once ready.
 WARMING_NAME, WARM_NAME = b"failover-warmup", b"failover-warm"
 
 
 def _warm_standby(pid: int) -> bool:
     """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session): named
     `failover-warmup`/`failover-warm`, titled `... [warm standby]`, or not yet named (the
-    interpreter still starting failover/prewarm.py)."""
+    interpreter still starting failover/airflow/prewarm.py)."""
     comm, argv = _comm(pid), _cmdline(pid)
     starting = comm.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
     titled = b"[warm standby]" in b" ".join(argv)  # its `ps` title until GO
@@ -341,7 +350,7 @@ def keepers(cluster: str) -> Iterator[tuple[int, str, set[int]]]:
     """(keeper pid, node, every live process of its tree) for each keeper of `cluster`, found
     by the keeper's command line and the tree's session and descent (Airflow rewrites its
     processes' titles and environment, so those cannot be used)."""
-    from failover import proctree
+    from failover.keeper import proctree
 
     marker = f"failover:{cluster}:".encode()
     for name in os.listdir("/proc"):

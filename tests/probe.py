@@ -1,7 +1,7 @@
 """A probe child for tests: records start/stop, forks grandchildren that try to escape.
 
 python tests/probe.py --tag TAG --record FILE [--fork N] [--escape pgid|session]
-    [--ignore-term] [--exit-after S] [--exit-code C]
+    [--ignore-term] [--exit-after S] [--exit-code C] [--fail-on-node NODE]
 Every process carries TAG in its command line, so a sampler can find the whole tree.
 """
 
@@ -47,8 +47,12 @@ def main() -> int:
     p.add_argument("--ignore-term", action="store_true")
     p.add_argument("--exit-after", type=float, default=0.0)
     p.add_argument("--exit-code", type=int, default=1)
+    p.add_argument("--fail-on-node", help="on this node (FAILOVER_NODE) exit at once, unready")
     p.add_argument("--pg-dsn", help="hold a DB session (named by PGAPPNAME) like Airflow would")
     args = p.parse_args()
+    if args.fail_on_node and os.environ.get("FAILOVER_NODE") == args.fail_on_node:
+        record(args.record, "fail")
+        return args.exit_code
     conn = None
     if args.pg_dsn:
         import psycopg2

@@ -50,6 +50,7 @@ __all__ = [
     "FAILOVER_USER",
     "DockerPostgresServer",
     "DockerZooKeeperServer",
+    "MariaDBServer",
     "PostgresServer",
     "ServerStartError",
     "ServerUnavailable",
@@ -139,7 +140,11 @@ def _make_server_dir(prefix: str, base_dir: str | os.PathLike[str] | None) -> Pa
 
 def _sweep_stale_dirs(base: Path) -> None:
     """Remove failover-{pg,zk}-* dirs left by test processes that died hard (SIGKILL)."""
-    for path in [*base.glob("failover-pg-*"), *base.glob("failover-zk-*")]:
+    for path in [
+        *base.glob("failover-pg-*"),
+        *base.glob("failover-zk-*"),
+        *base.glob("failover-my-*"),
+    ]:
         try:
             owner = int((path / "owner.pid").read_text())
         except (OSError, ValueError):
@@ -777,6 +782,279 @@ def _pg_conf_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     return "'" + str(value).replace("'", "''") + "'"
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+def find_mariadbd() -> tuple[str, str]:
+    """(mariadbd, mariadb-install-db) of Debian's mariadb-server; ServerUnavailable if missing."""
+    server = shutil.which("mariadbd") or (
+        "/usr/sbin/mariadbd" if Path("/usr/sbin/mariadbd").exists() else None
+    )
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if not server or not install:
+        raise ServerUnavailable(
+            "MariaDB server binaries (mariadbd, mariadb-install-db) not found; "
+            "run scripts/test (installs the mariadb-server package)"
+        )
+    return server, install
+
+
+class MariaDBServer:
+    """A private MariaDB server in a temp dir on 127.0.0.1:<free port>, its socket in that dir.
+
+    Never the system's own service: its own datadir (copied from a per-process template made
+    by ``mariadb-install-db``), ``--no-defaults``, run as the ``mysql`` OS user when root.
+    Accounts: ``root`` without password (TCP from 127.0.0.1), and ``failover`` (password
+    ``failover-test-pw``) with every privilege on databases ``t\\_%`` and nothing global.
+    """
+
+    START_TIMEOUT = 60.0
+    STOP_TIMEOUT = 30.0
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        settings: dict[str, Any] | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+        use_template: bool = True,
+    ) -> None:
+        self.server_bin, self.install_bin = find_mariadbd()
+        self.port = port or free_port()
+        self.settings = dict(settings or {})
+        self.use_template = use_template
+        self.dir = _make_server_dir("failover-my-", base_dir)
+        self.data_dir = self.dir / "data"
+        self.socket = self.dir / "mysqld.sock"
+        self.log_path = self.dir / "mariadb.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
+        self._as_mysql = os.geteuid() == 0
+        _register(self)
+        if self._as_mysql:
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("mysql")
+            except KeyError:
+                self.close()
+                raise ServerUnavailable("no 'mysql' OS user: run scripts/test") from None
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"cwd": self.dir, "stdin": subprocess.DEVNULL}
+        if self._as_mysql:
+            kwargs.update(user="mysql", group="mysql", extra_groups=[])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MYSQL")}
+        env.update(LC_ALL="C", LANG="C", TZ="UTC", HOME=str(self.dir), TMPDIR=str(self.dir))
+        kwargs["env"] = env
+        return kwargs
+
+    def _install(self) -> None:
+        with open(self.log_path, "ab") as log:
+            rc = subprocess.run(
+                [
+                    self.install_bin,
+                    "--no-defaults",
+                    f"--datadir={self.data_dir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    f"--tmpdir={self.dir}",
+                    "--skip-name-resolve",
+                    "--innodb-buffer-pool-size=16M",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=180,
+                check=False,
+                **self._popen_kwargs(),
+            ).returncode
+        if rc != 0:
+            raise ServerStartError(
+                f"mariadb-install-db failed (rc={rc}); log:\n{_tail(self.log_path)}"
+            )
+
+    def _spawn(self) -> None:
+        args = [
+            self.server_bin,
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--pid-file={self.dir / 'mariadbd.pid'}",
+            f"--log-error={self.log_path}",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            f"--tmpdir={self.dir}",
+            "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M",
+            "--innodb-flush-log-at-trx-commit=2",  # the page cache survives process kills
+            "--max-connections=300",
+            "--default-time-zone=+00:00",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+        ]
+        args += [f"--{k.replace('_', '-')}={v}" for k, v in self.settings.items()]
+        self._proc = _spawn_server_process(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self._popen_kwargs()
+        )
+
+    def dsn(
+        self, dbname: str = "", user: str = "root", password: str | None = None, **params: Any
+    ) -> str:
+        auth = quote(user, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        query = f"?{urlencode(params)}" if params else ""
+        return f"mysql://{auth}@{self.host}:{self.port}/{quote(dbname, safe='')}{query}"
+
+    def connect(
+        self, dbname: str = "", user: str = "root", password: str = "", **kwargs: Any
+    ) -> Any:
+        import pymysql
+
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=user,
+            password=password,
+            database=dbname or None,
+            autocommit=True,
+            connect_timeout=5,
+            **kwargs,
+        )
+
+    def query(self, sql: str, params: Any = None, dbname: str = "") -> list[tuple[Any, ...]]:
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    def create_database(self, name: str | None = None) -> str:
+        """A fresh database (``t_<hex>`` by default); returns its root DSN."""
+        name = name or f"t_{uuid.uuid4().hex[:16]}"
+        self.query(f"CREATE DATABASE `{name}`")
+        return self.dsn(name)
+
+    def drop_database(self, name: str) -> None:
+        self.query(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def _ping(self) -> bool:
+        conn = self.connect()
+        conn.close()
+        return True
+
+    def _create_accounts(self) -> None:
+        for sql in (
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''",
+            "GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
+            f"CREATE USER IF NOT EXISTS '{FAILOVER_USER}'@'%' IDENTIFIED BY '{FAILOVER_PASSWORD}'",
+            f"GRANT ALL PRIVILEGES ON `t\\_%`.* TO '{FAILOVER_USER}'@'%'",
+            "GRANT PROCESS ON *.* TO 'failover'@'%'",
+        ):
+            self._query_socket(sql)
+
+    def _query_socket(self, sql: str) -> None:
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.is_running() and self._proc else None
+
+    def start(self) -> MariaDBServer:
+        if self.is_running():
+            return self
+        fresh = not (self.data_dir / "mysql").exists()
+        if fresh:
+            template = _my_template() if self.use_template else None
+            if template is not None:
+                subprocess.run(
+                    ["cp", "-a", str(template), str(self.data_dir)], check=True, timeout=120
+                )
+            else:
+                self._install()
+        self._spawn()
+        _wait_until(
+            (lambda: self._query_socket("SELECT 1") or True)
+            if fresh and not self._ready
+            else self._ping,
+            what=f"mariadbd on port {self.port}",
+            timeout=self.START_TIMEOUT,
+            interval=0.05,
+            alive=self.is_running,
+            log=self.log_path,
+        )
+        if not self._ready:
+            self._create_accounts()
+            self._ready = True
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc, sig, self.STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL the server, like a crash (InnoDB recovers at the next start)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+
+    def restart(self) -> MariaDBServer:
+        self.stop()
+        return self.start()
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            if self.is_running():
+                self.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            _unregister(self)
+
+    def __enter__(self) -> MariaDBServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"<MariaDBServer 127.0.0.1:{self.port} {state} dir={self.dir}>"
+
+
+_my_templates: list[MariaDBServer] = []
+
+
+def _my_template() -> Path | None:
+    """A cleanly stopped, installed datadir with the test accounts, made once per process:
+    copying it takes well under a second where mariadb-install-db takes several."""
+    with _template_lock:
+        if not _my_templates or not (_my_templates[0].data_dir / "mysql").exists():
+            tmpl = MariaDBServer(use_template=False)
+            try:
+                tmpl.start()
+                tmpl.stop()
+            except ServerStartError:
+                tmpl.close()
+                return None
+            _my_templates[:] = [tmpl]
+        return _my_templates[0].data_dir
 
 
 # --------------------------------------------------------------------------- ZooKeeper

@@ -149,7 +149,7 @@ def seen_offset(c: Cluster, node: str) -> float:
     return float((stamps[-1] - now).total_seconds())
 
 
-@pytest.mark.parametrize("backend", ["local", "postgres", "zookeeper"])
+@pytest.mark.parametrize("backend", ["local", "postgres", "mysql", "zookeeper"])
 def test_wall_clock_jumps_change_nothing(backend: str, tmp_path: Path, request: Any) -> None:
     env, stamp = faketime_env(tmp_path / "faketime")
     settings: dict[str, str] = {"backend": backend, "lease_seconds": str(LEASE)}
@@ -159,6 +159,8 @@ def test_wall_clock_jumps_change_nothing(backend: str, tmp_path: Path, request: 
         dsn = request.getfixturevalue("pg_dsn")
         settings["postgres.dsn"] = dsn
         probe += ("--pg-dsn", dsn)
+    if backend == "mysql":
+        settings["mysql.dsn"] = request.getfixturevalue("my_dsn")
     if backend == "zookeeper":
         zk = request.getfixturevalue("zk_server")
         settings["zookeeper.hosts"] = f"{zk.hosts}/wall-{uuid.uuid4().hex}"

@@ -14,8 +14,8 @@ pytest.importorskip("boto3", reason="the aws extra (boto3, moto) is part of the 
 from moto.server import ThreadedMotoServer
 
 from failover import aws
+from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import ConfigError
-from failover.pg import Session, SessionTimings
 from failover.sources import load_settings
 
 pytestmark = pytest.mark.integration
@@ -111,6 +111,46 @@ def test_every_reconnect_asks_for_a_fresh_password(pg_server: Any) -> None:
         return "failover-test-pw"
 
     session = Session(pg_server.dsn(user="failover"), "t", SessionTimings(10, 2), password=password)
+    try:
+        assert session.query("SELECT 1") == [(1,)]
+        session.close()
+        assert session.query("SELECT 1") == [(1,)]
+        assert len(calls) == 2
+    finally:
+        session.close()
+
+
+def test_mysql_dsn_from_secrets_manager(aws_env: dict[str, str]) -> None:
+    import boto3
+
+    client = boto3.client("secretsmanager")
+    rds = client.create_secret(
+        Name="failover/rds-mysql",
+        SecretString=json.dumps(
+            {"engine": "mysql", "username": "u", "password": "p@ss", "host": "db3", "dbname": "af"}
+        ),
+    )
+    env = {
+        **aws_env,
+        "FAILOVER_BACKEND": "mysql",
+        "FAILOVER_MYSQL__DSN": f"secretsmanager:{rds['ARN']}",
+    }
+    s = load_settings(None, env=env)
+    assert s.lock_dsn == "mysql://u:p%40ss@db3:3306/af"
+
+
+def test_mysql_every_reconnect_asks_for_a_fresh_password(my_server: Any) -> None:
+    """The MySQL session calls the password provider (IAM tokens) on each new connection."""
+    from failover.backends.mysql.session import Session as MySession
+    from failover.backends.mysql.session import SessionTimings as MyTimings
+
+    calls: list[int] = []
+
+    def password() -> str:
+        calls.append(1)
+        return "failover-test-pw"
+
+    session = MySession(my_server.dsn(user="failover"), MyTimings(10, 2), password=password)
     try:
         assert session.query("SELECT 1") == [(1,)]
         session.close()

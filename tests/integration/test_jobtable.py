@@ -7,7 +7,7 @@ import uuid
 import psycopg2
 import pytest
 
-from failover.airflowdb import JobTable
+from failover.backends.postgres.jobs import JobTable
 from failover.errors import BackendUnavailable
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from failover.keeper import boottime
-from failover.launcher import KeeperLauncher, SocketKeeperLink
+from failover.keeper.core import boottime
+from failover.keeper.launcher import KeeperLauncher, SocketKeeperLink
 
 from ..harness import PROBE, read_records, tagged_processes, wait_until
 

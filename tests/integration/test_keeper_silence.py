@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from failover import proctree
-from failover.keeper import boottime
+from failover.keeper import proctree
+from failover.keeper.proof import boottime
 
 from ..harness import PROBE, Cluster, Sampler, alive, keepers, read_records, wait_until
 from .test_keeper import launch, lines_until, started_tree
@@ -345,8 +345,8 @@ def test_launcher_link_kill_reaps_orphans_as_subreaper(tmp_path: Path) -> None:
     script.write_text(
         f"""
 import os, signal, sys, time
-from failover.keeper import boottime
-from failover.launcher import KeeperLauncher
+from failover.keeper.proof import boottime
+from failover.keeper.launcher import KeeperLauncher
 
 def ready():
     try:

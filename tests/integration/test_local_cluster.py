@@ -128,7 +128,7 @@ def test_bad_reload_keeps_running_config(cluster: Cluster, tmp_path: Path) -> No
 
 def test_keeper_killed_leaves_no_escaped_grandchild(cluster: Cluster) -> None:
     """The daemon is a subreaper: a SIGKILLed keeper's escaped descendants come to it and die."""
-    from failover import proctree
+    from failover.keeper import proctree
 
     cluster.nodes = ("n1",)
     cluster.start("n1")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from failover.metrics import Metrics
+from failover.ops.metrics import Metrics
 
 from ..harness import Cluster, Sampler, wait_until
 from ..servers import free_port

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import BackendUnavailable
-from failover.pg import Session, SessionTimings
 
 LEASE = 2.0  # call limit 1 s
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from failover import proctree
+from failover.keeper import proctree
 
 from ..harness import Cluster, tagged_processes, wait_until
 

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg2
 import pytest
 
-from failover.election.postgres import PostgresElection
+from failover.backends.postgres.election import PostgresElection
+from failover.backends.postgres.schema import ensure_schema
+from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import BackendUnavailable
-from failover.pg import Session, SessionTimings
-from failover.pgschema import ensure_schema
 
 from ..harness import wait_until
 

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from failover.pg import lock_key
+from failover.backends.postgres.session import lock_key
 
 from ..harness import Cluster, DbSampler, Sampler, read_records, wait_until
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from failover.keeper import boottime
-from failover.launcher import KeeperLauncher, SocketKeeperLink
+from failover.keeper.core import boottime
+from failover.keeper.launcher import KeeperLauncher, SocketKeeperLink
 
 from ..e2e.conftest import airflow_binary
 from ..harness import alive, wait_until

@@ -23,13 +23,13 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.protocol.states import KazooState
 
+from failover.backends import open_backend, open_store
+from failover.backends.zookeeper.conn import negotiated_session_timeout
+from failover.backends.zookeeper.election import ZooKeeperElection
+from failover.backends.zookeeper.store import dump
 from failover.config import Settings, ZooKeeperSettings, validate
-from failover.election import open_backend, open_store
-from failover.election.base import ClusterFlags, ElectionBackend, MemberState, MemberStore
-from failover.election.zookeeper import ZooKeeperElection
 from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
-from failover.zkconn import negotiated_session_timeout
-from failover.zkstore import dump
+from failover.interfaces import ClusterFlags, ElectionBackend, MemberState, MemberStore
 
 from ..harness import wait_until
 
@@ -150,7 +150,8 @@ def zk_open(zk_chroot: str) -> Iterator[Opener]:
     opened: list[tuple[ElectionBackend, MemberStore]] = []
 
     def make(node: str, hosts: str = zk_chroot, **zk: Any) -> tuple[ZooKeeperElection, MemberStore]:
-        election, store = open_backend(zk_settings(hosts, node, **zk))
+        parts = open_backend(zk_settings(hosts, node, **zk))
+        election, store = parts.election, parts.members
         assert isinstance(election, ZooKeeperElection)
         opened.append((election, store))
         return election, store

@@ -125,9 +125,10 @@ def test_kill9_leader_daemon(cluster: Cluster) -> None:
         assert int(new_epoch) > int(epoch)
     sampler.assert_clean()
     print(f"kill -9 takeover: {took:.2f} s (session timeout {LEASE:g} s)")
-    assert took < LEASE + 1.5, cluster.dump_logs()
+    # The dead daemon's keeper ended its session once the tree was gone (keeper/zksession.py).
+    assert took < 1.0, cluster.dump_logs()
     fenced = [s for s in cluster.sentences(new_leader) if "fenced older epochs" in s]
-    assert fenced and "keeper deadline passed" in fenced[0], fenced
+    assert fenced and "its keeper saw its tree gone" in fenced[0], fenced
 
 
 def test_graceful_stop_hands_over_at_once(cluster: Cluster) -> None:

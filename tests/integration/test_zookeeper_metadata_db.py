@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
+from failover.backends import open_backend
+from failover.backends.postgres.fence import OlderEpochSweep
+from failover.backends.postgres.session import Session, SessionTimings
+from failover.backends.zookeeper.conn import ZkConnection, zk_options
+from failover.backends.zookeeper.election import ZooKeeperElection
+from failover.backends.zookeeper.store import ZkNodes
 from failover.config import Settings, ZooKeeperSettings
 from failover.dbreach import ReachReport
-from failover.election import open_backend, open_reach
-from failover.election.base import MemberStore
-from failover.election.zookeeper import ZooKeeperElection
-from failover.pg import Session, SessionTimings
-from failover.pgfence import OlderEpochSweep
-from failover.zkconn import ZkConnection, zk_options
-from failover.zkstore import ZkNodes
+from failover.interfaces import MemberStore, Parts
 
 from ..harness import wait_until
 from .test_postgres_backend import _is_dead, open_session
@@ -45,20 +45,24 @@ def with_db(zk_chroot: str, pg_dsn: str, node: str, **zk: Any) -> Settings:
 def open_zk(
     settings: Settings, made: list[tuple[ZooKeeperElection, MemberStore]]
 ) -> tuple[ZooKeeperElection, MemberStore]:
-    election, store = open_backend(settings)
-    assert isinstance(election, ZooKeeperElection)
-    made.append((election, store))
+    election, store = open_parts(settings, made).election, made[-1][1]
     return election, store
+
+
+def open_parts(settings: Settings, made: list[tuple[ZooKeeperElection, MemberStore]]) -> Parts:
+    parts = open_backend(settings)
+    assert isinstance(parts.election, ZooKeeperElection)
+    made.append((parts.election, parts.members))
+    return parts
 
 
 def test_reach_reports_live_in_zookeeper_and_leave_with_the_session(
     zk_chroot: str, pg_dsn: str, opened: list[tuple[ZooKeeperElection, MemberStore]]
 ) -> None:
-    a, _ = open_zk(with_db(zk_chroot, pg_dsn, "a"), opened)
-    b, _ = open_zk(with_db(zk_chroot, pg_dsn, "b"), opened)
     a_settings = with_db(zk_chroot, pg_dsn, "a")
-    board_a = open_reach(a_settings, a)
-    board_b = open_reach(with_db(zk_chroot, pg_dsn, "b"), b)
+    a_parts = open_parts(a_settings, opened)
+    b_parts = open_parts(with_db(zk_chroot, pg_dsn, "b"), opened)
+    board_a, board_b, b = a_parts.reach, b_parts.reach, b_parts.election
     assert board_a is not None and board_b is not None
     board_a.publish("leader", False, False, 0.0)
     board_b.publish("standby", True, True, 12.5)
@@ -68,9 +72,9 @@ def test_reach_reports_live_in_zookeeper_and_leave_with_the_session(
     assert reports["b"] == ReachReport("b", "standby", True, True, 12.5, reports["b"].age)
     assert all(0.2 <= r.age < 2.0 for r in reports.values()), reports
     # Off without a metadata DB, or with 0.
-    assert open_reach(zk_settings(zk_chroot, "a"), a) is None
+    assert open_parts(zk_settings(zk_chroot, "c"), opened).reach is None
     zk = ZooKeeperSettings(hosts=zk_chroot, db_unreachable_resign_seconds=0)
-    assert open_reach(a_settings.replace(zookeeper=zk), a) is None
+    assert open_parts(a_settings.replace(zookeeper=zk, node="d"), opened).reach is None
     b.close()  # a clean close ends b's session: its report goes with it
     wait_until(lambda: [r.node for r in board_a.reports()] == ["a"], 5, "b's report to vanish")
 

@@ -12,6 +12,7 @@ import pytest
 
 from ..harness import Cluster, wait_until
 from ..servers import free_port
+from .test_zookeeper_crash_takeover import kill9_takeover
 
 pytestmark = pytest.mark.integration
 
@@ -82,11 +83,10 @@ def pki(tmp_path: Path) -> Path:
     return d
 
 
-def test_daemon_leads_over_tls_and_plaintext_cannot_connect(
-    pki: Path, zk_factory: Any, tmp_path: Path
-) -> None:
+def tls_server(pki: Path, zk_factory: Any) -> tuple[Any, dict[str, str]]:
+    """A server with a secure port (client certificates required) and the daemon settings."""
     port = free_port()
-    zk_factory(
+    server = zk_factory(
         max_session_timeout_ms=20000,
         extra_config={
             "secureClientPort": port,
@@ -98,15 +98,22 @@ def test_daemon_leads_over_tls_and_plaintext_cannot_connect(
             "ssl.clientAuth": "need",
         },
     )
-    hosts = f"127.0.0.1:{port}"
     tls = {
         "backend": "zookeeper",
-        "zookeeper.hosts": hosts,
+        "zookeeper.hosts": f"127.0.0.1:{port}",
         "zookeeper.use_ssl": "true",
         "zookeeper.ca_file": str(pki / "ca.pem"),
         "zookeeper.cert_file": str(pki / "client.pem"),
         "zookeeper.key_file": str(pki / "client.key"),
     }
+    return server, tls
+
+
+def test_daemon_leads_over_tls_and_plaintext_cannot_connect(
+    pki: Path, zk_factory: Any, tmp_path: Path
+) -> None:
+    _, tls = tls_server(pki, zk_factory)
+    hosts = tls["zookeeper.hosts"]
     secure = Cluster(tmp_path / "tls", nodes=("t1",), settings=tls)
     plain = Cluster(
         tmp_path / "plain",
@@ -128,3 +135,15 @@ def test_daemon_leads_over_tls_and_plaintext_cannot_connect(
     finally:
         secure.stop_all()
         plain.stop_all()
+
+
+def test_kill9_over_tls_is_taken_over_at_once(pki: Path, zk_factory: Any, tmp_path: Path) -> None:
+    """The dead daemon's keeper ends its session over TLS too (with the client certificate)."""
+    server, tls = tls_server(pki, zk_factory)
+    c = Cluster(tmp_path, settings=tls, probe_args=("--fork", "1", "--escape", "session"))
+    try:
+        took = kill9_takeover(c, server.hosts)  # the test reads nodes on the plaintext port
+    finally:
+        c.stop_all()
+    print(f"\nkill -9 takeover over TLS: {took:.3f} s")
+    assert took < 1.0, c.dump_logs()

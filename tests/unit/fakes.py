@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from failover.child import Child, ChildPolicy
 from failover.controller import Controller, Timings
-from failover.election.base import (
+from failover.errors import BackendUnavailable
+from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
     FenceReport,
@@ -16,7 +17,6 @@ from failover.election.base import (
     MemberState,
     MemberStore,
 )
-from failover.errors import BackendUnavailable
 
 
 class FakeClock:
@@ -50,10 +50,14 @@ class FakeBackend(ElectionBackend):
         self.fence_calls: list[bool] = []
         self.sweeps: list[bool] = []
         self.given_up = False  # released, but not confirmed: still holding (ZooKeeper's queue)
+        self.session_line: str | None = None  # what keeper_session() hands the child's keeper
 
     def _check(self) -> None:
         if self.down:
             raise BackendUnavailable("fake backend is down")
+
+    def keeper_session(self) -> str | None:
+        return self.session_line
 
     def try_acquire(self) -> bool:
         self._check()
@@ -136,8 +140,12 @@ class FakeStore(MemberStore):
             switchover_to=to_node or "", switchover_from=from_node, switchover_age=0.0
         )
 
-    def clear_switchover(self) -> None:
-        self.cluster_flags = ClusterFlags(paused=self.cluster_flags.paused)
+    def clear_switchover(self, result: str = "") -> None:
+        self.cluster_flags = ClusterFlags(
+            paused=self.cluster_flags.paused,
+            switchover_age=0.0,
+            switchover_result=result or None,
+        )
 
 
 class FakeLink:

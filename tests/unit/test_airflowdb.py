@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from failover.airflowdb import (
+from failover.airflow.settings import (
     airflow_on_path,
     airflow_setting,
     environment_warnings,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,9 +110,9 @@ def test_airflow_dsn_forms(tmp_path: Path) -> None:
     assert s.metadata_dsn == "postgresql://air:s3cret@db.example:5432/airflow"
     s = load(tmp_path, env={"AIRFLOW__CORE__SQL_ALCHEMY_CONN": url})
     assert s.metadata_dsn is not None
-    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "mysql://u:pw@h/db"})
+    s = load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "mssql+pyodbc://u:pw@h/db"})
     assert s.metadata_dsn is None
-    assert "not PostgreSQL" in s.warnings[0] and "pw" not in s.warnings[0]
+    assert "neither PostgreSQL nor MySQL" in s.warnings[0] and "pw" not in s.warnings[0]
     # metadata_dsn given explicitly wins over Airflow's.
     s = load(
         tmp_path,
@@ -126,9 +128,9 @@ def test_airflow_cmd_failure_and_secret_without_airflow(tmp_path: Path) -> None:
         load(tmp_path, env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET": "key"})
 
 
-def test_non_postgres_metadata_dsn_refused_without_leaking(tmp_path: Path) -> None:
+def test_unknown_metadata_dsn_refused_without_leaking(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        load(tmp_path, "metadata_dsn = 'mysql://u:hunter2@h/db'\n")
+        load(tmp_path, "metadata_dsn = 'mssql://u:hunter2@h/db'\n")
     assert err.value.field == "metadata_dsn" and "hunter2" not in str(err.value)
 
 
@@ -210,7 +212,7 @@ def test_dsn_with_password() -> None:
 
 
 def test_infinite_number_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="max_fast_failures: expected int"):
+    with pytest.raises(ConfigError, match=r"max_fast_failures \(.*f\.toml line 1\): expected int"):
         load(tmp_path, "max_fast_failures = inf\n")
 
 
@@ -296,3 +298,69 @@ def test_names_that_postgresql_would_cut_are_refused(tmp_path: Path) -> None:
         load(tmp_path, env={**pg, "FAILOVER_NODE": node})
     assert load(tmp_path, env={"FAILOVER_NODE": node}).node == node  # local: no PG names
     assert load(tmp_path, env={**pg, "FAILOVER_NODE": "i-0123456789abcdef0"}).metadata_dsn
+
+
+def test_errors_name_the_source_the_user_typed(tmp_path: Path) -> None:
+    """Env var, file and line, `--set KEY` or the flag; `field` stays the setting's name."""
+    env_error = _raised(lambda: load(tmp_path, env={"FAILOVER_LEASE_SECONDS": "abc"}))
+    assert str(env_error).startswith("FAILOVER_LEASE_SECONDS: expected float, got 'abc'")
+    env_rule = _raised(lambda: load(tmp_path, env={"FAILOVER_LEASE_SECONDS": "2"}))
+    assert str(env_rule).startswith("FAILOVER_LEASE_SECONDS: 2 s leaves no time to renew")
+    file_rule = _raised(lambda: load(tmp_path, 'cluster = "a"\n\nlease_seconds = 2\n'))
+    assert str(file_rule).startswith(f"lease_seconds ({tmp_path / 'f.toml'} line 3): 2 s leaves")
+    section = _raised(lambda: load(tmp_path, "[http]\n# x\nlisten = 5\n"))
+    assert str(section).startswith(f"http.listen ({tmp_path / 'f.toml'} line 3): expected str")
+    cli = _raised(lambda: load(tmp_path, lease_seconds="abc"))
+    assert str(cli).startswith("--set lease_seconds: expected float")
+    assert {e.field for e in (env_error, env_rule, file_rule, cli)} == {"lease_seconds"}
+    flag = _raised(
+        lambda: load_settings(None, env={}, overrides={"node": "bad!"}, labels={"node": "--node"})
+    )
+    assert str(flag).startswith("--node: 'bad!' is not a valid name") and flag.field == "node"
+
+
+def _raised(call: Callable[[], object]) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        call()
+    return err.value
+
+
+def _error(tmp_path: Path, toml: str) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, toml)
+    return err.value
+
+
+def test_choices_are_listed_as_words_not_a_tuple(tmp_path: Path) -> None:
+    text = str(_error(tmp_path, 'backend = "etcd"\n'))
+    assert (
+        "use one of local, postgres, mysql, zookeeper" in text and "(" not in text.split("use")[1]
+    )
+    assert "use one of auto, json, console" in str(_error(tmp_path, '[log]\nformat = "x"\n'))
+
+
+def test_startup_checks_refuse_without_creating_anything(tmp_path: Path) -> None:
+    """What `failover run` refuses at start, `check-config` refuses too (same function)."""
+    from failover.preflight import startup_checks
+
+    ok = load(tmp_path, local={"dir": str(tmp_path / "new" / "state")}, command=["true"])
+    assert startup_checks(ok, {"PATH": "/usr/bin:/bin"}) is None
+    assert not (tmp_path / "new").exists()
+    missing = ok.replace(command=("no-such-program-22",))
+    with pytest.raises(ConfigError, match=r"^command: 'no-such-program-22' is not on PATH"):
+        startup_checks(missing, {"PATH": "/usr/bin:/bin"})
+    (tmp_path / "file").write_text("")
+    blocked = load(tmp_path, command=["true"], **{"local.dir": str(tmp_path / "file" / "s")})
+    with pytest.raises(ConfigError, match=r"^local.dir: cannot create .*not a writable directory"):
+        startup_checks(blocked, {"PATH": "/usr/bin:/bin"})
+    token = tmp_path / "token"
+    token.write_text("short")
+    token.chmod(0o600)
+    short = ok.replace(http=dataclasses.replace(ok.http, token_file=str(token)))
+    with pytest.raises(ConfigError, match="shorter than 16 characters"):
+        startup_checks(short, {"PATH": "/usr/bin:/bin"})
+
+
+def test_variables_of_scripts_test_are_not_settings(tmp_path: Path) -> None:
+    env = {"FAILOVER_SKIP_SETUP": "1", "FAILOVER_VENV": ".venv", "FAILOVER_TEST_AIRFLOW": "x"}
+    assert load(tmp_path, env=env).cluster == "airflow"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from failover.airflow.health import Health, JobRow
 from failover.child import ChildState
 from failover.controller import Role
-from failover.election.base import ClusterFlags, MemberState
-from failover.health import Health, JobRow
+from failover.interfaces import ClusterFlags, MemberState
 
 from .fakes import FakeClock, FakeJobs, FakeStore, Rig, SharedLease, make_rig
 
@@ -40,6 +40,17 @@ def test_steady_leader_sentence_and_renew_extends_keeper_deadline() -> None:
     result = rig.controller.tick()
     assert result.sentence == "no action: I am the leader with epoch 1"
     assert rig.launcher.last.sent[-1] == "RUN-UNTIL 1010.000000"
+
+
+def test_only_the_keeper_of_a_started_child_gets_the_backend_session() -> None:
+    lease = SharedLease(holder="other", epoch=7)
+    rig = make_rig(lease=lease)
+    rig.backend.session_line = "ZK-SESSION {}"
+    rig.controller.tick()
+    assert rig.launcher.last.sent == []  # a standby's warm keeper: nothing
+    lease.holder = None
+    rig.controller.tick()
+    assert rig.launcher.last.sent == ["GO 8 1009.000000", "ZK-SESSION {}"]
 
 
 def test_standby_follows_the_leader_with_a_warm_keeper() -> None:

@@ -15,8 +15,8 @@ from failover.dbreach import (
     should_resign,
     takers,
 )
-from failover.election.base import ClusterFlags, MemberState
 from failover.errors import BackendUnavailable
+from failover.interfaces import ClusterFlags, MemberState
 
 from .fakes import FakeClock, FakeStore, Rig, SharedLease, make_rig
 

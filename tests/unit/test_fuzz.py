@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from failover.backends.local.election import LocalMembers, LocalStore
 from failover.config import SECTIONS, Settings
 from failover.dsn import normalize_sqlalchemy_url, parse_dsn, redact_dsn
-from failover.election.local import LocalMembers, LocalStore
 from failover.errors import ConfigError
 from failover.sources import load_settings, settings_fields
 

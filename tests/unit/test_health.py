@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from failover.airflow.health import Health, HealthPolicy, JobRow, judge
 from failover.child import ChildState
 from failover.controller import Controller, Role
-from failover.health import Health, HealthPolicy, JobRow, judge
 
 from .fakes import FakeJobs, make_rig
 from .test_controller import started

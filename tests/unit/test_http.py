@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from failover.errors import ConfigError
-from failover.http import Board, Server, parse_listen, read_token
-from failover.metrics import Metrics, Sample
+from failover.ops.http import Board, Server, parse_listen, read_token
+from failover.ops.metrics import Metrics, Sample
 
 TOKEN = "s3cret-token-0123456789abcdef"
 

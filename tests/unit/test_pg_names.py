@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from failover.pg import SessionTimings, lock_key, split_key
-from failover.pgfence import appname_epoch
+from failover.backends.postgres.fence import appname_epoch
+from failover.backends.postgres.session import SessionTimings, lock_key, split_key
 
 
 def test_lock_key_is_64_bit_and_never_airflows_small_keys() -> None:

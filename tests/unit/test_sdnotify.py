@@ -12,7 +12,7 @@ from failover.config import Settings
 from failover.controller import Role
 from failover.daemon import check_watchdog, watchdog_ok
 from failover.errors import ConfigError
-from failover.sdnotify import Notifier
+from failover.ops.sdnotify import Notifier
 
 
 def receiver(tmp_path: Path) -> tuple[socket.socket, str]:

@@ -8,9 +8,14 @@ import logging
 import pytest
 from structlog.testing import capture_logs
 
-from failover.election.base import ClusterFlags, MemberState
-from failover.zkconn import BLATHER, KazooLog
-from failover.zkstore import Breadcrumb, Contender, SwitchoverAware, keeper_deadline_left
+from failover.backends.zookeeper.conn import BLATHER, KazooLog
+from failover.backends.zookeeper.store import (
+    Breadcrumb,
+    Contender,
+    SwitchoverAware,
+    keeper_deadline_left,
+)
+from failover.interfaces import ClusterFlags, MemberState
 
 from .fakes import FakeStore
 

@@ -13,10 +13,7 @@ from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from kazoo.security import make_digest_acl
 
-from failover.config import Settings, ZooKeeperSettings, validate, zookeeper_session_seconds
-from failover.errors import ConfigError
-from failover.sources import load_settings
-from failover.zkconn import (
+from failover.backends.zookeeper.conn import (
     ZkConnection,
     ZkOptions,
     call_retry,
@@ -24,6 +21,9 @@ from failover.zkconn import (
     read_auth_file,
     zk_options,
 )
+from failover.config import Settings, ZooKeeperSettings, validate, zookeeper_session_seconds
+from failover.errors import ConfigError
+from failover.sources import load_settings
 
 
 def zk(**kw: Any) -> Settings:

@@ -1,0 +1,144 @@
+"""Member heartbeats, leadership history and operator flags in MySQL / MariaDB.
+
+Heartbeat times come from the database's `NOW(6)` (UTC session), so ages do not depend on
+host clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from failover.backends.mysql.schema import ensure_schema, tables
+from failover.backends.mysql.session import Session, SessionTimings
+from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
+
+AGE = "TIMESTAMPDIFF(MICROSECOND, {col}, NOW(6)) / 1e6"
+
+
+class MySQLMembers(MemberStore):
+    """The `<prefix>member`, `<prefix>history` and `<prefix>cluster` tables of one cluster."""
+
+    def __init__(
+        self,
+        dsn: str,
+        cluster: str,
+        prefix: str,
+        lease_seconds: float,
+        timeout: float,
+        on_warning: Callable[[str], None] | None = None,
+        password: Callable[[], str] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.prefix = prefix
+        self.t = tables(prefix)
+        self.session = Session(
+            dsn, SessionTimings(lease_seconds, timeout), False, on_warning, password
+        )
+        self.schema_ready = False
+
+    def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if not self.schema_ready:
+            ensure_schema(self.session, self.prefix)
+            self.schema_ready = True
+        return self.session.query(statement, params)
+
+    def heartbeat(self, state: MemberState) -> None:
+        self.query(
+            f"INSERT INTO {self.t['member']} (cluster, node, role, epoch, child_state, "
+            "child_pid, version, sentence, heartbeat_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE "
+            "role = VALUES(role), epoch = VALUES(epoch), child_state = VALUES(child_state), "
+            "child_pid = VALUES(child_pid), version = VALUES(version), "
+            "sentence = VALUES(sentence), heartbeat_at = NOW(6)",
+            (
+                self.cluster,
+                state.node,
+                state.role,
+                state.epoch,
+                state.child_state,
+                state.child_pid,
+                state.version,
+                state.sentence[:500],
+            ),
+        )
+
+    def members(self) -> list[MemberRecord]:
+        rows = self.query(
+            "SELECT node, role, epoch, child_state, child_pid, version, "
+            f"{AGE.format(col='heartbeat_at')}, sentence "
+            f"FROM {self.t['member']} WHERE cluster = %s ORDER BY node",
+            (self.cluster,),
+        )
+        return [
+            MemberRecord(
+                str(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4], str(r[5]), float(r[6]), str(r[7])
+            )
+            for r in rows
+        ]
+
+    def begin_term(self, epoch: int, node: str, reason: str) -> None:
+        self.query(
+            f"INSERT IGNORE INTO {self.t['history']} (cluster, epoch, node, reason, started_at) "
+            "VALUES (%s, %s, %s, %s, NOW(6))",
+            (self.cluster, epoch, node, reason),
+        )
+
+    def end_term(self, epoch: int, reason: str) -> None:
+        self.query(
+            f"UPDATE {self.t['history']} SET ended_at = NOW(6), end_reason = %s "
+            "WHERE cluster = %s AND epoch = %s AND ended_at IS NULL",
+            (reason, self.cluster, epoch),
+        )
+
+    def history(self, limit: int = 20) -> list[tuple[Any, ...]]:
+        return self.query(
+            "SELECT epoch, node, reason, started_at, ended_at, end_reason "
+            f"FROM {self.t['history']} WHERE cluster = %s ORDER BY epoch DESC LIMIT %s",
+            (self.cluster, limit),
+        )
+
+    def flags(self) -> ClusterFlags:
+        rows = self.query(
+            "SELECT paused, switchover_to, switchover_from, "
+            f"{AGE.format(col='switchover_at')}, switchover_result "
+            f"FROM {self.t['cluster']} WHERE cluster = %s",
+            (self.cluster,),
+        )
+        if not rows:
+            return ClusterFlags()
+        paused, target, source, age, result = rows[0]
+        return ClusterFlags(
+            paused=bool(paused),
+            switchover_to=target,
+            switchover_from=source or None,
+            switchover_age=float(age) if age is not None else None,
+            switchover_result=result or None,
+        )
+
+    def _update(self, assignments: str, params: tuple[Any, ...]) -> None:
+        self.query(f"INSERT IGNORE INTO {self.t['cluster']} (cluster) VALUES (%s)", (self.cluster,))
+        self.query(
+            f"UPDATE {self.t['cluster']} SET {assignments} WHERE cluster = %s",
+            (*params, self.cluster),
+        )
+
+    def set_paused(self, paused: bool) -> None:
+        self._update("paused = %s", (paused,))
+
+    def request_switchover(self, from_node: str | None, to_node: str | None) -> None:
+        self._update(
+            "switchover_to = %s, switchover_from = %s, switchover_at = NOW(6), "
+            "switchover_result = NULL",
+            (to_node or "", from_node or ""),
+        )
+
+    def clear_switchover(self, result: str = "") -> None:
+        self._update(
+            "switchover_to = NULL, switchover_from = NULL, switchover_at = NOW(6), "
+            "switchover_result = %s",
+            (result or None,),
+        )
+
+    def close(self) -> None:
+        self.session.close()

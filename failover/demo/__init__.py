@@ -1,0 +1,1 @@
+"""`failover demo`: three local candidates and a harmless stand-in child, no servers needed."""

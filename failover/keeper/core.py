@@ -1,0 +1,471 @@
+"""The keeper: leads the child's session and kills the whole tree once nobody vouches for it.
+
+Run as `python -m failover.keeper --control-fd N --name failover:C:N -- CMD...`. Standard
+library only (psycopg2 in postgres mode). It starts warm: imports done, proof-of-life
+session open, `READY` sent; the child starts only on `GO`.
+
+Protocol on the control stream (one line each, ASCII):
+  daemon -> keeper  `GO <epoch> <t>`  take the proof of life, start the child, run until t
+                    `RUN-UNTIL <t>`   may run until CLOCK_BOOTTIME t (hard kill at t)
+                    `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
+                    `KILL`            SIGKILL the whole tree now
+                    `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
+                    `PING`            nothing to do but answer (the daemon asks an idle keeper)
+  keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
+                    `ERROR <text>`, `ACK <n>` (n = lines handled so far: it answers every read)
+End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
+then, holding a ZooKeeper session and with the daemon's process gone, end that session.
+A keeper that leaves lines unanswered too long is presumed stuck: the daemon kills its tree.
+With `--alive-file F` it also writes its CLOCK_BOOTTIME to F at least once a second, and
+`--check F` (a container's liveness probe) fails once F is older than `--max-age` seconds.
+
+With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
+(failover/airflow/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
+  keeper -> daemon  `WARMING <pid>`   a warm process started
+                    `WARM <json>`     ready: {"seconds", "rss_bytes", "airflow", "fingerprint"}
+                    `COLD <reason>`   no pre-warm (GO starts the plain command)
+                    `REWARM <reason>` replacing it (its inputs changed, or it reached its max age)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from failover.airflow.prewarm import parse_with_command
+from failover.keeper import proctree, zksession
+from failover.keeper.alive import WAKE_SECONDS, Alive, check_main
+from failover.keeper.proof import (
+    LockFileProof,
+    MySQLLockProof,
+    PgSessionProof,
+    Proof,
+    boottime,
+)
+from failover.keeper.warm import Warm, airflow_python
+
+EXIT_LOCK_BUSY = 3
+EXIT_START_FAILED = 4
+
+
+class Keeper:
+    """One child's lifetime: start it, watch the stream and the deadline, kill the tree."""
+
+    def __init__(
+        self,
+        control: socket.socket,
+        command: Sequence[str],
+        stop_timeout: float,
+        proof: Proof | None,
+    ) -> None:
+        self.control = control
+        self.command = list(command)
+        self.run_until = 0.0
+        self.go: tuple[int, float] | None = None
+        self.eof = False
+        self.stop_timeout = stop_timeout
+        self.proof = proof
+        self.child: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self.buffer = b""
+        self.stop_started: float | None = None
+        self.rest_termed = False
+        self.reason = ""
+        self.warm: Warm | None = None
+        self.session: zksession.Ticket | None = None  # the daemon's ZooKeeper session
+        self.daemon_pid = 0  # 0: not known (a sidecar in another PID namespace)
+        self.handled = 0  # daemon lines handled so far: what `ACK` reports
+        self.alive: Alive | None = None
+
+    def beat(self) -> None:
+        if self.alive is not None:
+            self.alive.beat()
+
+    def send(self, line: str) -> None:
+        try:
+            self.control.sendall(line.encode() + b"\n")
+        except OSError:
+            pass  # the daemon is gone: EOF handling kills the tree
+
+    def start(self, env: dict[str, str]) -> bool:
+        try:
+            self.child = subprocess.Popen(
+                self.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=proctree.child_preexec,  # noqa: PLW1509 - the keeper has no threads
+            )
+        except OSError as err:
+            self.send(f"ERROR cannot start {self.command[0]!r}: {err.strerror}")
+            return False
+        self.send(f"STARTED {self.child.pid}")
+        return True
+
+    def hard_kill(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        if self.warm is not None:
+            self.warm.stopping = True
+        if self.child is not None and self.exit_code is None:
+            proctree.signal_all([self.child.pid], signal.SIGKILL)
+        # Reaping stays here, so the main child's exit status is not lost.
+        proctree.kill_tree(os.getpid(), [os.getpid()], reap_children=False)
+        self._reap()
+
+    def begin_stop(self, reason: str) -> None:
+        if self.stop_started is not None:
+            return
+        self.reason = self.reason or reason
+        self.stop_started = boottime()
+        if self.child is not None and self.exit_code is None:
+            proctree.signal_all([self.child.pid], signal.SIGTERM)
+
+    def _reap(self) -> None:
+        for pid, status in proctree.reap():
+            if self.warm is not None and pid == self.warm.pid:
+                self.warm.exited(os.waitstatus_to_exitcode(status))
+            if self.child is not None and pid == self.child.pid and self.exit_code is None:
+                self.exit_code = os.waitstatus_to_exitcode(status)
+                self.child.returncode = self.exit_code
+                self.send(f"EXITED {self.exit_code}")
+                self.begin_stop("child exited")
+
+    def _handle_line(self, line: str) -> None:
+        word, _, arg = line.strip().partition(" ")
+        if word == "GO" and self.go is None:
+            try:
+                epoch, until = arg.split()
+                self.go = (int(epoch), float(until))
+            except ValueError:
+                self.send(f"ERROR bad GO {arg!r}")
+        elif word == "RUN-UNTIL":
+            try:
+                self.run_until = float(arg)
+            except ValueError:
+                self.send(f"ERROR bad RUN-UNTIL {arg!r}")
+        elif word == "STOP":
+            self.begin_stop("stop requested")
+        elif word == "KILL":
+            self.hard_kill("kill requested")
+        elif word == zksession.WORD:
+            try:
+                self.session = zksession.Ticket.parse(arg)
+            except ValueError:
+                self.send(f"ERROR bad {word} line")  # never echoed: it holds secrets
+        elif word and word != "PING":
+            self.send(f"ERROR unknown command {word!r}")
+
+    def _read_control(self) -> bool:
+        """Handle what the daemon sent; False on end of stream."""
+        try:
+            data = self.control.recv(4096)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        self._handle_buffer()
+        return True
+
+    def _handle_buffer(self) -> None:
+        handled = self.handled
+        while b"\n" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\n", 1)
+            self._handle_line(raw.decode("ascii", "replace"))
+            self.handled += 1
+        if self.handled != handled:
+            # The one place we answer: the daemon presumes a keeper that stops answering stuck.
+            self.send(f"ACK {self.handled}")
+
+    def _escalate(self, now: float) -> None:
+        if self.stop_started is None:
+            return
+        elapsed = now - self.stop_started
+        main_done = self.exit_code is not None
+        if not self.rest_termed and (main_done or elapsed >= self.stop_timeout / 2):
+            self.rest_termed = True
+            proctree.signal_all(proctree.tree_members(os.getpid(), [os.getpid()]), signal.SIGTERM)
+        limit = min(self.stop_timeout, 5.0) if self.reason == "child exited" else self.stop_timeout
+        if elapsed >= limit:
+            self.hard_kill("stop timeout")
+
+    def end_daemon_session(self) -> str | None:
+        """After the tree is proven gone: if the daemon died (end of stream and its process
+        gone) while this keeper ran its epoch's child, end its ZooKeeper session, so that the
+        next contender takes over now, not after the session timeout. None: nothing tried."""
+        ticket, self.session = self.session, None
+        if ticket is None or not self.eof or self.child is None or not self._done():
+            return None
+        return zksession.after_daemon_died(ticket, self.daemon_pid)
+
+    def _done(self) -> bool:
+        main_done = self.child is None or self.exit_code is not None
+        return main_done and not proctree.tree_members(os.getpid(), [os.getpid()])
+
+    def run(self, wake_fd: int) -> None:
+        """Loop until the child and every process of its tree are gone."""
+        self.control.setblocking(False)
+        while True:
+            self.beat()
+            now = boottime()
+            if now >= self.run_until:
+                self.hard_kill("run-until deadline passed")
+            self._escalate(now)
+            self._reap()
+            if self._done():
+                return
+            fds = [self.control.fileno(), wake_fd]
+            proof_fd = self.proof.fileno() if self.proof else None
+            if proof_fd is not None:
+                fds.append(proof_fd)
+            timeout = max(0.0, min(self.run_until - now, 0.1 if self.stop_started else 1.0))
+            readable, _, _ = select.select(fds, [], [], timeout)
+            if wake_fd in readable:
+                os.read(wake_fd, 512)
+            if self.control.fileno() in readable and not self._read_control():
+                self.hard_kill("daemon gone (control stream closed)")
+            if self.proof is not None and self.proof.broken():
+                self.hard_kill("proof-of-life session lost")
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m failover.keeper",
+        description="Run CMD in this session; kill its whole tree when the daemon stops vouching.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--control-fd", type=int, help="connected stream socket fd")
+    where.add_argument(
+        "--connect", metavar="PATH", help="sidecar mode: connect to the daemon's Unix socket"
+    )
+    p.add_argument("--name", default="failover:keeper", help="failover:<cluster>:<node>")
+    p.add_argument("--stop-timeout", type=float, default=30.0, help="SIGTERM -> SIGKILL grace")
+    p.add_argument("--lock-file", help="hold this flock as proof of life (local backend)")
+    p.add_argument("--lock-wait", type=float, default=5.0, help="how long to wait for the lock")
+    p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
+    p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
+    p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
+    p.add_argument("--mysql-dsn-env", help="env var with the DSN of the MySQL proof session")
+    p.add_argument(
+        "--prewarm", action="store_true", help="keep `airflow scheduler` imported while warm"
+    )
+    p.add_argument(
+        "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
+    )
+    p.add_argument("--alive-file", help="write CLOCK_BOOTTIME here every second (--check reads)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    return parse_with_command(p, argv)
+
+
+def _proof(args: argparse.Namespace) -> Proof | None:
+    if args.pg_dsn_env:
+        # The DSN (with its password) reaches us by env, never argv, and not the child.
+        dsn = os.environ.pop(args.pg_dsn_env, "")
+        return PgSessionProof(dsn, args.name, args.pg_channel, args.pg_epoch_table)
+    if args.mysql_dsn_env:
+        dsn = os.environ.pop(args.mysql_dsn_env, "")
+        return MySQLLockProof(dsn, args.name, args.pg_epoch_table)
+    if args.lock_file:
+        return LockFileProof(args.lock_file, args.lock_wait)
+    return None
+
+
+def _epoch_env(name: str, epoch: int) -> dict[str, str]:
+    return {"FAILOVER_EPOCH": str(epoch), "PGAPPNAME": f"{name}:{epoch}"}
+
+
+def _child_env(name: str, epoch: int) -> dict[str, str]:
+    return {**os.environ, **_epoch_env(name, epoch)}
+
+
+def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
+    if not args.prewarm:
+        return None
+    python, why = airflow_python(keeper.command, os.environ)
+    if python is None:
+        keeper.send(f"COLD {why}")
+        return None
+    return Warm(keeper.send, keeper.command, python, args.prewarm_max_age)
+
+
+def _connect(path: str, alive: Alive | None) -> socket.socket:
+    """Sidecar mode: connect to the daemon, waiting for it to listen (it may start later)."""
+    delay = 0.1
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if alive is not None:
+                alive.beat()
+            time.sleep(delay)
+            delay = min(delay * 2, WAKE_SECONDS if alive is not None else 2.0)
+
+
+def _read_init(
+    sock: socket.socket, argv: Sequence[str], alive: Alive | None
+) -> tuple[argparse.Namespace, bytes] | None:
+    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env;
+    also what followed it in the same read."""
+    data = b""
+    sock.settimeout(WAKE_SECONDS)
+    while b"\n" not in data:
+        if alive is not None:
+            alive.beat()
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            return None
+        data += chunk
+    sock.settimeout(None)
+    line, _, rest = data.partition(b"\n")
+    word, _, payload = line.decode("utf-8", "replace").partition(" ")
+    if word != "INIT":
+        return None
+    init = json.loads(payload)
+    os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
+    command = list(argv[argv.index("--") :]) if "--" in argv else []
+    args = _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
+    return args, rest
+
+
+def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
+    """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
+    keeper.control.setblocking(False)
+    while keeper.go is None:
+        keeper.beat()
+        warm = keeper.warm
+        timeout = 5.0 if keeper.alive is None else WAKE_SECONDS
+        if warm is not None:
+            if not keeper._read_control():  # a GO that is waiting beats a re-warm
+                return "daemon gone before go"
+            if keeper.stop_started is not None or keeper.reason:
+                return "stopped before go"
+            if keeper.go is not None:
+                break
+            now = boottime()
+            keeper._reap()
+            warm.maintain(now)
+            timeout = min(timeout, warm.wait_seconds(now))
+        fds = [keeper.control.fileno(), wake_fd]
+        proof_fd = keeper.proof.fileno() if keeper.proof else None
+        if proof_fd is not None:
+            fds.append(proof_fd)
+        if warm is not None:
+            fds.extend(warm.fds())
+        readable, _, _ = select.select(fds, [], [], timeout)
+        if wake_fd in readable:
+            os.read(wake_fd, 512)
+        if warm is not None and set(warm.fds()) & set(readable):
+            warm.read()
+        if keeper.control.fileno() in readable and not keeper._read_control():
+            return "daemon gone before go"
+        if keeper.stop_started is not None or keeper.reason:
+            return "stopped before go"
+        if keeper.proof is not None and keeper.proof.broken():
+            return "proof-of-life session lost while warm"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--check"]:
+        return check_main(argv[1:])
+    args = _parse(argv)
+    alive = Alive(args.alive_file) if args.alive_file else None
+    proctree.prctl(proctree.PR_SET_CHILD_SUBREAPER, 1)
+    if os.getsid(0) != os.getpid():
+        try:
+            os.setsid()
+        except PermissionError:
+            pass  # a process-group leader already (a shell's job): descent still finds all
+    early = b""  # sidecar mode: daemon lines that came with INIT
+    if args.connect:
+        control = _connect(args.connect, alive)
+        init = _read_init(control, argv, alive)
+        if init is None:
+            return 0  # the daemon went away before telling us anything: start over
+        args, early = init
+        daemon_pid = proctree.peer_pid(control)
+    else:
+        control = socket.socket(fileno=args.control_fd)
+        daemon_pid = os.getppid()  # the daemon launched us
+    rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wr)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proof = _proof(args)
+    keeper = Keeper(control, args.command, args.stop_timeout, proof)
+    keeper.alive = alive
+    keeper.daemon_pid = daemon_pid
+    signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
+    if proof is not None and not proof.prepare():
+        keeper.send(f"ERROR {proof.error}")
+        keeper.send("GONE no proof of life")
+        return EXIT_LOCK_BUSY
+    keeper.send("READY")
+    keeper.buffer = early
+    keeper._handle_buffer()
+    keeper.warm = _prewarm(args, keeper)
+    why = wait_for_go(keeper, rd)
+    if why is not None or keeper.go is None:
+        if keeper.warm is not None:
+            keeper.warm.stop()
+        keeper.send(f"GONE {why}")
+        if proof is not None:
+            proof.release()
+        return 0
+    epoch, keeper.run_until = keeper.go
+    return _start_and_run(keeper, proof, args.name, epoch, rd)
+
+
+def _start_and_run(keeper: Keeper, proof: Proof | None, name: str, epoch: int, wake_fd: int) -> int:
+    """After GO: take the proof of life, start the child, run until its tree is gone."""
+    warm, keeper.warm = keeper.warm, None
+
+    def abandon(why: str, code: int) -> int:
+        """Nothing was started: make sure the warm process is gone, then say so."""
+        if warm is not None:
+            warm.stop()
+        keeper.send(f"GONE {why}")
+        if proof is not None:
+            proof.release()
+        return code
+
+    if proof is not None:
+        if not proof.activate(epoch):
+            keeper.send(f"ERROR {proof.error}")
+            return abandon("no proof of life", EXIT_LOCK_BUSY)
+        keeper.send("LOCKED")
+    if boottime() >= keeper.run_until:
+        return abandon("run-until deadline passed before start", EXIT_START_FAILED)
+    if not keeper._read_control() or keeper.stop_started is not None or keeper.reason:
+        return abandon("stopped before start", 0)  # GO and EOF/KILL arrived together
+    warm_child = warm.go(_epoch_env(name, epoch)) if warm is not None else None
+    if warm_child is not None:
+        keeper.child = warm_child  # the pre-warmed scheduler runs from here
+    elif not keeper.start(_child_env(name, epoch)):
+        return abandon("start failed", EXIT_START_FAILED)
+    keeper.run(wake_fd)
+    ended = keeper.end_daemon_session()
+    if ended is not None:
+        print(f"failover.keeper: daemon gone, tree gone: {ended}", file=sys.stderr, flush=True)
+    keeper.send(f"GONE {keeper.reason or 'child exited'}")
+    if proof is not None:
+        proof.release()
+    return 0

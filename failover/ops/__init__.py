@@ -1,0 +1,2 @@
+"""What operators see and drive: HTTP endpoints, Prometheus metrics, the published state,
+`failover status`, and systemd's notify protocol."""
