@@ -1,5 +1,6 @@
 """A keeper that stops answering (FAULTS.md 26, 27): frozen by SIGSTOP, killed, or frozen on a
-standby, on every backend, with real daemons; and the sidecar liveness probe.
+standby, on every backend (local, PostgreSQL, ZooKeeper, MySQL/MariaDB), with real daemons;
+and the sidecar liveness probe.
 
 The daemon must find a silent keeper by itself, kill its tree, and never hang a stop on it.
 The sampler checks every 50 ms that at most one epoch's child tree is alive.
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 LEASE, LOOP, STOP_TIMEOUT = 3.0, 0.5, 5.0  # as tests/harness.Cluster runs the daemons
 ANSWER = (LEASE - LOOP) / 2  # Settings.keeper_answer_seconds
-BACKENDS = ["local", "postgres", "zookeeper"]
+BACKENDS = ["local", "postgres", "zookeeper", "mysql"]
 
 
 def make_cluster(root: Path, backend: str, request: Any, **settings: str) -> Cluster:
@@ -41,6 +42,8 @@ def make_cluster(root: Path, backend: str, request: Any, **settings: str) -> Clu
         extra["postgres.dsn"] = request.getfixturevalue("pg_dsn")
     elif backend == "zookeeper":
         extra["zookeeper.hosts"] = request.getfixturevalue("zk_chroot")
+    elif backend == "mysql":
+        extra["mysql.dsn"] = request.getfixturevalue("my_dsn")
     # Our own cluster name: keepers are found by it, and other tests run on this host too.
     name = f"ks{uuid.uuid4().hex[:8]}"
     return Cluster(
@@ -107,7 +110,7 @@ def standby_ready(c: Cluster, node: str) -> None:
     keeper_of(c, node)
     dsn = c.settings.get("postgres.dsn")
     if dsn is None:
-        time.sleep(0.5)  # its READY: imports done (no proof-of-life session to open)
+        time.sleep(1.0)  # its READY: imports done, its proof of life (if any) open
         return
     import psycopg2
 
