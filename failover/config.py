@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failover.dsn import check_zk_hosts
 from failover.errors import ConfigError
 
 # The backend names settings accept; each has a package in failover/backends/ (the registry).
@@ -20,7 +21,6 @@ BACKENDS = ("local", "postgres", "mysql", "zookeeper")
 LOG_FORMATS = ("auto", "json", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
-ZK_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -385,7 +385,7 @@ def zookeeper_db_resign_seconds(s: Settings) -> float:
 
 def _validate_zookeeper(s: Settings) -> None:
     zk = s.zookeeper
-    _validate_zk_hosts(zk.hosts)
+    check_zk_hosts(zk.hosts)
     session = zookeeper_session_seconds(s)
     if zk.session_timeout_seconds is not None and not 0 < session <= 300:
         raise ConfigError(
@@ -432,24 +432,6 @@ def _validate_db_resign(s: Settings) -> None:
             "metadata DB would move the scheduler",
             f"use at least {s.lease_seconds:g}, or 0 to never resign for it",
         )
-
-
-def _validate_zk_hosts(hosts: str | None) -> None:
-    example = 'e.g. hosts = "zk1:2181,zk2:2181/airflow"'
-    if not hosts or not hosts.strip():
-        raise ConfigError("zookeeper.hosts", "the zookeeper backend needs servers", example)
-    servers, slash, chroot = hosts.strip().partition("/")
-    path = f"/{chroot}"
-    odd = any(c.isspace() or not c.isprintable() for c in path)
-    if slash and (path.endswith("/") or "//" in path or odd):
-        raise ConfigError("zookeeper.hosts", f"bad chroot {path!r}", example)
-    for server in (part.strip() for part in servers.split(",")):
-        host, colon, port = server.rpartition(":")
-        if not colon or server.endswith("]"):
-            host, colon, port = server, "", ""
-        bad_port = colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
-        if not ZK_HOST_RE.fullmatch(host) or bad_port:
-            raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)
 
 
 def _validate_zk_tls(zk: ZooKeeperSettings) -> None:

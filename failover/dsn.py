@@ -239,3 +239,25 @@ def scrub(text: str, dsn: str) -> str:
             if len(form) >= 3:
                 text = text.replace(form, "***")
     return text
+
+
+ZK_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
+
+
+def check_zk_hosts(hosts: str | None) -> None:
+    """`[zookeeper] hosts`: `host:port,...[/chroot]` (ConfigError naming the bad part)."""
+    example = 'e.g. hosts = "zk1:2181,zk2:2181/airflow"'
+    if not hosts or not hosts.strip():
+        raise ConfigError("zookeeper.hosts", "the zookeeper backend needs servers", example)
+    servers, slash, chroot = hosts.strip().partition("/")
+    path = f"/{chroot}"
+    odd = any(c.isspace() or not c.isprintable() for c in path)
+    if slash and (path.endswith("/") or "//" in path or odd):
+        raise ConfigError("zookeeper.hosts", f"bad chroot {path!r}", example)
+    for server in (part.strip() for part in servers.split(",")):
+        host, colon, port = server.rpartition(":")
+        if not colon or server.endswith("]"):
+            host, colon, port = server, "", ""
+        bad_port = colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+        if not ZK_HOST_RE.fullmatch(host) or bad_port:
+            raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)

@@ -369,3 +369,26 @@ def negotiated_session_timeout(settings: Settings, wait: float = 5.0) -> float |
         return conn.negotiated
     finally:
         conn.close()
+
+
+def check_granted(
+    granted: float | None, requested: float, min_session: float, warn: Callable[[str], None]
+) -> None:
+    """Refuse a session too short to lead with; warn when it differs from the request."""
+    if granted is None:
+        warn(
+            "cannot learn the session timeout ZooKeeper granted; assuming the requested "
+            f"{requested:g} s: make sure the servers' maxSessionTimeout is not below it"
+        )
+    elif granted <= min_session:
+        raise ConfigError(
+            "zookeeper.session_timeout_seconds",
+            f"the servers granted a {granted:g} s session (asked {requested:g} s): no time "
+            f"to renew within loop + backend timeout + margin = {min_session:g} s",
+            "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
+        )
+    elif abs(granted - requested) > 0.001:
+        warn(
+            f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s (server "
+            f"minSessionTimeout/maxSessionTimeout); takeover after a crash takes {granted:g} s"
+        )

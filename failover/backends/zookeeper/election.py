@@ -17,6 +17,7 @@ from typing import Any
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
+from failover.backends.zookeeper.conn import check_granted
 from failover.backends.zookeeper.store import (
     PREFIX,
     Breadcrumb,
@@ -29,7 +30,7 @@ from failover.backends.zookeeper.store import (
     pid_alive,
     txn_ok,
 )
-from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
+from failover.errors import BackendUnavailable, DuplicateNode
 from failover.interfaces import ClusterFlags, ElectionBackend, FenceReport, LeaderInfo
 
 EPOCH_TRIES = 10
@@ -84,29 +85,11 @@ class ZooKeeperElection(ElectionBackend):
         if sid is None or self.client.state != KazooState.CONNECTED:
             raise BackendUnavailable(f"not connected to ZooKeeper (state {self.conn.state})")
         if self.conn.negotiated != self.checked_session:
-            self._check_granted(self.conn.negotiated, self.conn.options.session_timeout)
+            self.checked_session = self.conn.negotiated
+            check_granted(
+                self.conn.negotiated, self.conn.options.session_timeout, self.min_session, self.warn
+            )
         return sid
-
-    def _check_granted(self, granted: float | None, requested: float) -> None:
-        """Refuse a session too short to lead with; warn when it differs from the request."""
-        self.checked_session = granted
-        if granted is None:
-            self.warn(
-                "cannot learn the session timeout ZooKeeper granted; assuming the requested "
-                f"{requested:g} s: make sure the servers' maxSessionTimeout is not below it"
-            )
-        elif granted <= self.min_session:
-            raise ConfigError(
-                "zookeeper.session_timeout_seconds",
-                f"the servers granted a {granted:g} s session (asked {requested:g} s): no time "
-                f"to renew within loop + backend timeout + margin = {self.min_session:g} s",
-                "ask for a session inside the servers' minSessionTimeout..maxSessionTimeout",
-            )
-        elif abs(granted - requested) > 0.001:
-            self.warn(
-                f"ZooKeeper granted a {granted:g} s session instead of {requested:g} s (server "
-                f"minSessionTimeout/maxSessionTimeout); takeover after a crash takes {granted:g} s"
-            )
 
     def _drop(self, give_up: bool = False) -> None:
         """Forget our contender and leadership; with `give_up`, delete that node when we can."""
