@@ -30,18 +30,17 @@ With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
+from typing import Any
 
 from failover.airflow.prewarm import parse_with_command
-from failover.keeper import proctree, zksession
+from failover.keeper import proctree, sidecar, zksession
 from failover.keeper.alive import WAKE_SECONDS, Alive, check_main
 from failover.keeper.proof import (
     LockFileProof,
@@ -298,49 +297,11 @@ def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
     return Warm(keeper.send, keeper.command, python, args.prewarm_max_age)
 
 
-def _connect(path: str, alive: Alive | None) -> socket.socket:
-    """Sidecar mode: connect to the daemon, waiting for it to listen (it may start later)."""
-    delay = 0.1
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError:
-            sock.close()
-            if alive is not None:
-                alive.beat()
-            time.sleep(delay)
-            delay = min(delay * 2, WAKE_SECONDS if alive is not None else 2.0)
-
-
-def _read_init(
-    sock: socket.socket, argv: Sequence[str], alive: Alive | None
-) -> tuple[argparse.Namespace, bytes] | None:
-    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env;
-    also what followed it in the same read."""
-    data = b""
-    sock.settimeout(WAKE_SECONDS)
-    while b"\n" not in data:
-        if alive is not None:
-            alive.beat()
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        if not chunk:
-            return None
-        data += chunk
-    sock.settimeout(None)
-    line, _, rest = data.partition(b"\n")
-    word, _, payload = line.decode("utf-8", "replace").partition(" ")
-    if word != "INIT":
-        return None
-    init = json.loads(payload)
+def _init_args(init: dict[str, Any], argv: Sequence[str]) -> argparse.Namespace:
+    """Sidecar mode: our options from the daemon's `INIT` (its env goes to our environ)."""
     os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
     command = list(argv[argv.index("--") :]) if "--" in argv else []
-    args = _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
-    return args, rest
+    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
 
 
 def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
@@ -395,11 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass  # a process-group leader already (a shell's job): descent still finds all
     early = b""  # sidecar mode: daemon lines that came with INIT
     if args.connect:
-        control = _connect(args.connect, alive)
-        init = _read_init(control, argv, alive)
+        control = sidecar.connect(args.connect, alive)
+        init = sidecar.read_init(control, alive)
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
-        args, early = init
+        args, early = _init_args(init[0], argv), init[1]
         daemon_pid = proctree.peer_pid(control)
     else:
         control = socket.socket(fileno=args.control_fd)
