@@ -224,9 +224,10 @@ def _from_env(env: Mapping[str, str], origins: dict[str, str]) -> dict[str, Any]
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in ENV_IGNORED:
             continue
-        if name.startswith(ENV_IGNORED_PREFIXES):
-            continue
         key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        # FAILOVER_KEEPER_DSN is the keeper's own; FAILOVER_KEEPER__LISTEN is [keeper] listen.
+        if name.startswith(ENV_IGNORED_PREFIXES) and key.partition(".")[0] not in SECTIONS:
+            continue
         section, _, sub = key.rpartition(".")
         if section and section not in SECTIONS:
             raise _unknown(name, section, list(SECTIONS))

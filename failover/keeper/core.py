@@ -172,11 +172,12 @@ class Keeper:
         if not data:
             self.eof = True
             return False
-        self.buffer += data
-        self._handle_buffer()
+        self.feed(data)
         return True
 
-    def _handle_buffer(self) -> None:
+    def feed(self, data: bytes) -> None:
+        """Handle the complete lines of what the daemon sent; keep a partial one; answer."""
+        self.buffer += data
         handled = self.handled
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
@@ -354,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.setsid()
         except PermissionError:
             pass  # a process-group leader already (a shell's job): descent still finds all
-    early = b""  # sidecar mode: daemon lines that came with INIT
+    early = b""  # sidecar mode: daemon lines that came with INIT (a GO may)
     if args.connect:
         control = sidecar.connect(args.connect, alive)
         init = sidecar.read_init(control, alive)
@@ -374,14 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
     keeper.alive = alive
     keeper.daemon_pid = daemon_pid
+    keeper.feed(early)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():
         keeper.send(f"ERROR {proof.error}")
         keeper.send("GONE no proof of life")
         return EXIT_LOCK_BUSY
     keeper.send("READY")
-    keeper.buffer = early
-    keeper._handle_buffer()
     keeper.warm = _prewarm(args, keeper)
     why = wait_for_go(keeper, rd)
     if why is not None or keeper.go is None:

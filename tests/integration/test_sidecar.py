@@ -113,3 +113,39 @@ def test_daemon_without_a_connected_keeper_does_not_lead(tmp_path: Path) -> None
         assert not c.live_children()
     finally:
         c.stop_all()
+
+
+def test_keeper_takes_init_and_go_arriving_in_one_read(tmp_path: Path) -> None:
+    """A keeper that connected before its daemon led gets INIT and GO back to back; read
+    together, the keeper used to take the GO for garbage after INIT and exit at once (the
+    daemon saw "keeper died", crash loop; found in the podman pod form, #21)."""
+    import json
+    import socket
+    import time
+
+    path = tmp_path / "k.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    server.settimeout(15)
+    marker = tmp_path / "started"
+    child = f"open({str(marker)!r}, 'w').close(); import time; time.sleep(60)"
+    argv = [sys.executable, "-m", "failover", "keeper", "--connect", str(path), "--"]
+    keeper = subprocess.Popen([*argv, sys.executable, "-c", child], stdin=subprocess.DEVNULL)
+    conn = None
+    try:
+        conn, _ = server.accept()
+        init = json.dumps({"args": ["--stop-timeout", "5"], "env": {}})
+        deadline = time.clock_gettime(time.CLOCK_BOOTTIME) + 30
+        conn.sendall(f"INIT {init}\nGO 1 {deadline:.6f}\n".encode())  # one segment
+        wait_until(marker.exists, 15, "the keeper to start its child")
+        conn.close()  # EOF: the keeper ends the tree and exits
+        conn = None
+        assert keeper.wait(timeout=15) == 0
+    finally:
+        if conn is not None:
+            conn.close()
+        server.close()
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait(timeout=10)

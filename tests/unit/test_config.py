@@ -364,3 +364,10 @@ def test_startup_checks_refuse_without_creating_anything(tmp_path: Path) -> None
 def test_variables_of_scripts_test_are_not_settings(tmp_path: Path) -> None:
     env = {"FAILOVER_SKIP_SETUP": "1", "FAILOVER_VENV": ".venv", "FAILOVER_TEST_AIRFLOW": "x"}
     assert load(tmp_path, env=env).cluster == "airflow"
+
+
+def test_keeper_section_env_is_read_while_keeper_internal_env_is_ignored(tmp_path: Path) -> None:
+    """FAILOVER_KEEPER__LISTEN (the sidecar manifests' setting) was swallowed by the ignored
+    FAILOVER_KEEPER_ prefix: the daemon never listened and the pod form could not start."""
+    env = {"FAILOVER_KEEPER__LISTEN": "/run/failover/keeper.sock", "FAILOVER_KEEPER_DSN": "x"}
+    assert load(tmp_path, env=env).keeper.listen == "/run/failover/keeper.sock"
