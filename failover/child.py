@@ -63,6 +63,10 @@ class KeeperLink(Protocol):
 
 
 class Launcher(Protocol):
+    # False when keepers are started by someone else and connect (sidecar mode): a promotion
+    # then needs one already waiting.
+    on_demand: bool
+
     def launch(
         self,
         command: Sequence[str],
@@ -185,6 +189,11 @@ class Child:
         if self.state is ChildState.BACKOFF:
             return now >= self.backoff_until
         return self.state is ChildState.STOPPED
+
+    @property
+    def keeper_at_hand(self) -> bool:
+        """A promotion now could get a keeper: one is waiting, or we can start one."""
+        return self.launcher.on_demand or self.warm is not None
 
     def wants_warm(self, now: float) -> bool:
         """No keeper at all, and not backing off after a warm keeper died."""

@@ -192,6 +192,8 @@ def kill_orphans(keepers: set[int]) -> None:
 class KeeperLauncher:
     """Launch keepers with this interpreter; their output goes where ours goes."""
 
+    on_demand = True
+
     def __init__(self, python: str = sys.executable, adopt_orphans: bool = False) -> None:
         self.python = python
         self.live: set[int] = set()
@@ -242,6 +244,8 @@ class KeeperLauncher:
 class SidecarLauncher:
     """Sidecar mode: keepers are started by someone else (the scheduler container's command,
     `failover keeper --connect PATH -- airflow scheduler`) and connect to our Unix socket."""
+
+    on_demand = False
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from failover.child import Child, ChildPolicy
 from failover.controller import Controller, Timings
-from failover.errors import BackendUnavailable
+from failover.errors import BackendUnavailable, ChildError
 from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
@@ -193,6 +193,8 @@ class FakeLink:
 
 class FakeLauncher:
     def __init__(self, log: list[str]) -> None:
+        self.on_demand = True  # False: sidecar mode, a keeper only while `connected`
+        self.connected = True
         self.log = log
         self.links: list[FakeLink] = []
         self.envs: list[Mapping[str, str]] = []
@@ -205,6 +207,8 @@ class FakeLauncher:
         stop_timeout: float,
         keeper_args: Sequence[str],
     ) -> FakeLink:
+        if not self.on_demand and not self.connected:
+            raise ChildError("no keeper has connected to /run/failover/keeper.sock yet")
         link = FakeLink(self.log, 100 + len(self.links))
         self.links.append(link)
         self.envs.append(env)
