@@ -8,6 +8,10 @@ Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
   kill9     SIGKILL the leader daemon; time from the kill to the new child's exec
   kill9child  SIGKILL the leader's child; time from the kill to the restarted child's exec
   sigstop   SIGSTOP the leader daemon; time from the stop to the new child's exec
+  keeperstop  SIGSTOP the leader's keeper; time from the stop to the new child's exec
+            (the daemon finds it silent, kills its tree, steps down)
+  keeperterm  SIGSTOP the leader's keeper, then SIGTERM the leader daemon; time from the
+            SIGTERM to the new child's exec
   partition cut the leader's host from the backend (every daemon in its own network
             namespace, veth link down: packets vanish); time from the cut to the new
             child's exec; then heal and wait until the old leader follows (postgres and
@@ -37,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import Cluster, Sampler, read_records, wait_until
+from tests.harness import Cluster, Sampler, keepers, read_records, wait_until
 from tests.netns import Forwarder, Host, namespace_host
 
 LEASE = 5.0
@@ -54,6 +58,8 @@ TARGETS = {
     "sigstop": f"<= lease + 1 s = {LEASE + 1:g} s",
     "kill9child": "restart on the same leader after the 1 s backoff",
     "partition": f"<= lease + 1 s = {LEASE + 1:g} s",
+    "keeperstop": f"<= lease = {LEASE:g} s",
+    "keeperterm": f"<= stop_timeout + 2 s + 1 s = {float(SETTINGS['stop_timeout_seconds']) + 3:g} s",
 }
 NAMESPACE_OCTETS = (221, 222, 223)  # 10.231.<octet>.0/30; chaos tests draw from 20..219
 
@@ -90,8 +96,14 @@ def one_run(cluster: Cluster, scenario: str) -> float:
         os.kill(int(mine[-1]["pid"]), signal.SIGKILL)
         new = new_start_after(cluster, t0, "")
         return exec_time(int(new["pid"])) - t0
-    if scenario == "graceful":
+    if scenario in ("keeperstop", "keeperterm"):
+        (keeper,) = [pid for pid, node, _ in keepers(cluster.cluster) if node == leader]
+        os.kill(keeper, signal.SIGSTOP)
+        t0 = boottime()
+    if scenario in ("graceful", "keeperterm"):
         cluster.signal(leader, signal.SIGTERM)
+    elif scenario == "keeperstop":
+        pass  # the daemon lives on; it must find its keeper silent by itself
     elif scenario == "kill9":
         cluster.signal(leader, signal.SIGKILL)
     else:
@@ -105,6 +117,8 @@ def one_run(cluster: Cluster, scenario: str) -> float:
         ]
         t0 = terms[0]
     took = exec_time(int(new["pid"])) - t0
+    if scenario == "keeperstop":
+        return took  # the old leader stays, as a standby
     if scenario == "sigstop":
         cluster.signal(leader, signal.SIGCONT)
         cluster.signal(leader, signal.SIGTERM)
@@ -126,6 +140,8 @@ def bench(
         # One crash at a time: a child that ran 2 s is no fast failure, so no backoff doubling.
         settings["fast_failure_seconds"] = "2"
         pause = 2.5
+    if scenario == "keeperstop":
+        pause = 2 * LEASE  # the old leader cools down that long: one fault at a time
     probe: tuple[str, ...] = ()
     if backend == "zookeeper":
         assert zk_hosts is not None
@@ -139,7 +155,8 @@ def bench(
         assert make_dsn is not None
         settings["mysql.dsn"] = make_dsn()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        cluster = Cluster(Path(tmp), settings=settings, probe_args=probe)
+        name = f"b{os.getpid()}"  # keepers are found by cluster name; others use "t"
+        cluster = Cluster(Path(tmp), settings=settings, probe_args=probe, cluster=name)
         try:
             with Sampler(cluster.tag) as sampler:
                 cluster.start_all()
@@ -147,10 +164,9 @@ def bench(
                 for _ in range(runs):
                     results.append(one_run(cluster, scenario))
                     time.sleep(pause)
-            if scenario == "kill9":
-                print(
-                    f"{backend} kill9: {len(sampler.violations)} overlap samples of {sampler.samples}"
-                )
+            if scenario in ("kill9", "keeperstop", "keeperterm"):
+                overlaps = f"{len(sampler.violations)} overlap samples of {sampler.samples}"
+                print(f"{backend} {scenario}: {overlaps}")
                 sampler.assert_clean()
             return results
         finally:

@@ -27,6 +27,9 @@ class ChildState(enum.Enum):
 
 GONE_STATES = (ChildState.STOPPED, ChildState.BACKOFF, ChildState.FAILED)
 PREWARM_WORDS = ("WARMING", "WARM", "COLD", "REWARM")  # a warm keeper's pre-warm reports
+# A keeper reports its tree gone within ms of its own deadline (stop_timeout after STOP, at once
+# after KILL); one that has not after this much more is killed with its tree by the daemon.
+STOP_SLACK_SECONDS = 1.0
 
 
 class KeeperLink(Protocol):
@@ -40,6 +43,18 @@ class KeeperLink(Protocol):
         ...
 
     def fileno(self) -> int: ...
+    def ping(self, every: float) -> None:
+        """Send `PING` if nothing waits for an answer and nothing was sent for `every` s."""
+        ...
+
+    def silence(self) -> float:
+        """Seconds the oldest line sent has waited for the keeper's `ACK` (0: none waits)."""
+        ...
+
+    def kill(self) -> bool:
+        """SIGKILL the keeper and its whole tree; True once confirmed gone (False: cannot)."""
+        ...
+
     def cleanup(self) -> None:
         """After EOF: make sure no process of the keeper's session is left; reap the keeper."""
         ...
@@ -50,6 +65,10 @@ class KeeperLink(Protocol):
 
 
 class Launcher(Protocol):
+    # False when keepers are started by someone else and connect (sidecar mode): a promotion
+    # then needs one already waiting.
+    on_demand: bool
+
     def launch(
         self,
         command: Sequence[str],
@@ -66,6 +85,8 @@ class ChildPolicy:
     fast_failure_seconds: float
     backoff_initial: float
     backoff_max: float
+    answer_seconds: float = 0.0  # a keeper silent this long is presumed stuck (0: never)
+    ping_seconds: float = 1.0  # ask an idle keeper this often (the loop period)
 
 
 @dataclass
@@ -158,6 +179,13 @@ class Child:
         self.warm_retry_at = 0.0
         self.warm_error = ""
         self.give_up = ""  # a side component's crash loop: the group counts as FAILED
+        self.stop_by: float | None = None  # the keeper must have ended the tree by then
+        self.stop_timed = ""  # the stop request stop_by was set for
+        self.keeper_stuck = ""  # why the daemon presumed the child's keeper stuck
+        self.keeper_kills = 0  # child keepers the daemon killed itself
+        self.warm_kills = 0  # warm keepers it replaced for not answering
+        # Not yet logged: (level, event, fields); the daemon drains it.
+        self.events: list[tuple[str, str, dict[str, object]]] = []
 
     @property
     def gone(self) -> bool:
@@ -168,6 +196,11 @@ class Child:
         if self.state is ChildState.BACKOFF:
             return now >= self.backoff_until
         return self.state is ChildState.STOPPED
+
+    @property
+    def keeper_at_hand(self) -> bool:
+        """A promotion now could get a keeper: one is waiting, or we can start one."""
+        return self.launcher.on_demand or self.warm is not None
 
     def wants_warm(self, now: float) -> bool:
         """No keeper at all, and not backing off after a warm keeper died."""
@@ -203,6 +236,10 @@ class Child:
     def _poll_warm(self, now: float) -> None:
         if self.warm is None:
             return
+        silent = self.warm.silence()
+        if self.policy.answer_seconds and silent >= self.policy.answer_seconds:
+            self._replace_stuck_warm(now, silent)
+            return
         for line in self.warm.read_lines():
             word, _, arg = line.partition(" ")
             if word == "READY":
@@ -220,6 +257,23 @@ class Child:
                 self.warm_failures += 1
                 self.warm_retry_at = now + min(0.5 * 2**self.warm_failures, 30.0)
                 return
+        self.warm.ping(self.policy.ping_seconds)
+
+    def _replace_stuck_warm(self, now: float, silent: float) -> None:
+        """A standby's keeper that stopped answering: kill it (nothing of it runs a child) and
+        start another after a backoff; the leader is not touched."""
+        assert self.warm is not None
+        pid = self.warm.pid
+        if not self.warm.kill():
+            self.warm.close()  # sidecar: EOF ends it once it thaws; its probe restarts it
+        self.warm = None
+        self.warm_ready = False
+        self.prewarm.gone()
+        self.warm_kills += 1
+        self.warm_failures += 1
+        self.warm_retry_at = now + min(0.5 * 2**self.warm_failures, 30.0)
+        fields: dict[str, object] = {"pid": pid, "silent_seconds": round(silent, 2)}
+        self.events.append(("warning", "warm_keeper_unresponsive", fields))
 
     def start(
         self,
@@ -252,6 +306,9 @@ class Child:
         self.started_at = now
         self.stop_requested = False
         self.stop_sent = ""
+        self.stop_by = None
+        self.stop_timed = ""
+        self.keeper_stuck = ""
         self.failing = ""
         self.last_event = "keeper launched"
 
@@ -333,6 +390,7 @@ class Child:
         self.fast_failures = 0
         for side in self.sides.values():
             side.fast_failures = 0
+        self.keeper_stuck = ""
         if self.state in (ChildState.FAILED, ChildState.BACKOFF):
             self.state = ChildState.STOPPED
 
@@ -344,8 +402,52 @@ class Child:
         lines = self.link.read_lines()
         for line in lines:
             self._on_line(now, line)
+        if self.link is not None:
+            self._check_keeper(now)
+        if self.link is not None:
+            self.link.ping(self.policy.ping_seconds)
         self._restart_sides(now)
         return lines
+
+    def check_at(self, now: float) -> float | None:
+        """When `poll` must run again to keep the bounds on the keepers (None: no bound)."""
+        due: list[float] = []
+        links = [self.warm] if self.warm is not None else []
+        if self.link is not None and not self.keeper_stuck:  # (stuck: acted on; see the tick)
+            due += [self.stop_by] if self.stop_by is not None else []
+            links.append(self.link)
+        for link in links:
+            silent = link.silence()
+            if silent > 0 and self.policy.answer_seconds:
+                due.append(now + self.policy.answer_seconds - silent)
+        return min(due, default=None)
+
+    def _check_keeper(self, now: float) -> None:
+        """Every stop is bounded, whatever the keeper does: kill its tree ourselves when it
+        stops answering or does not finish a stop in time."""
+        assert self.link is not None
+        if self.stop_sent != self.stop_timed:  # a new STOP or KILL since the last poll
+            grace = self.policy.stop_timeout if self.stop_sent == "STOP" else 0.0
+            deadline = now + grace + STOP_SLACK_SECONDS
+            self.stop_by = min(self.stop_by or deadline, deadline)
+            self.stop_timed = self.stop_sent
+        silent = self.link.silence()
+        if self.policy.answer_seconds and silent >= self.policy.answer_seconds:
+            why = f"the keeper did not answer for {silent:.1f} s"
+        elif self.stop_by is not None and now >= self.stop_by:
+            why = f"the keeper did not finish its {self.stop_sent} in time"
+        else:
+            return
+        if not self.keeper_stuck:
+            self.keeper_kills += 1
+            self.events.append(("error", "keeper_unresponsive", {"pid": self.link.pid, "why": why}))
+        self.keeper_stuck = why
+        if not self.link.kill():
+            return  # sidecar mode, or a process that survives SIGKILL: no release until gone
+        stopping = self.stop_requested
+        self._gone(now, f"{why}: the daemon killed it and its whole tree", cleanup=False)
+        if not stopping and not self.failing:
+            self.state = ChildState.FAILED  # step down: this host cannot vouch for a child
 
     def _on_line(self, now: float, line: str) -> None:
         word, _, arg = line.partition(" ")
@@ -368,9 +470,10 @@ class Child:
             return  # a warm keeper's last words about its warm process, just before GO
         self.last_event = line
 
-    def _gone(self, now: float, reason: str) -> None:
+    def _gone(self, now: float, reason: str, cleanup: bool = True) -> None:
         assert self.link is not None
-        self.link.cleanup()
+        if cleanup:  # (not after kill(): it did all of it, and waited no longer than it may)
+            self.link.cleanup()
         self.link = None
         self.pid = None
         self.last_event = f"child tree gone: {reason}"

@@ -161,13 +161,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
+USAGE_KEEPER = "failover keeper --connect PATH [--alive-file FILE] -- CMD"
+
+
 def cmd_keeper(args: argparse.Namespace) -> int:
     from failover.keeper import core as keeper
 
+    if args.check:
+        return keeper.main(["--check", args.check, "--max-age", f"{args.max_age:g}"])
     command = [c for c in args.child_command if c != "--"]
-    if not command:
-        raise ConfigError("keeper", "no command given", "failover keeper --connect PATH -- CMD")
-    return keeper.main(["--connect", args.connect, "--", *command])
+    if not args.connect or not command:
+        raise ConfigError("keeper", "no socket or command given", USAGE_KEEPER)
+    alive = ["--alive-file", args.alive_file] if args.alive_file else []
+    return keeper.main(["--connect", args.connect, *alive, "--", *command])
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -310,7 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
         "leads; kill CMD's whole tree when the daemon stops vouching (EOF or missed deadline). "
         "Use as the scheduler container's command.",
     )
-    keeper.add_argument("--connect", required=True, metavar="PATH", help="the daemon's socket")
+    mode = keeper.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--connect", metavar="PATH", help="the daemon's socket")
+    mode.add_argument(
+        "--check", metavar="FILE", help="liveness probe: exit 1 if the keeper's FILE is stale"
+    )
+    keeper.add_argument(
+        "--alive-file", metavar="FILE", help="refresh FILE every second (for --check)"
+    )
+    keeper.add_argument(
+        "--max-age", type=float, default=3.0, help="with --check: seconds (default 3)"
+    )
     keeper.add_argument("child_command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     keeper.set_defaults(func=cmd_keeper)
 

@@ -230,6 +230,18 @@ class Settings:
         """How long after a proven renew the child may still run."""
         return self.lease_seconds - self.self_fence_margin_seconds
 
+    @property
+    def keeper_answer_seconds(self) -> float:
+        """A keeper that leaves the daemon's lines unanswered this long is presumed stuck.
+
+        (lease - loop) / 2: the daemon asks every loop, so a keeper frozen right after its last
+        answer is killed by (lease + loop) / 2, within one lease, and at the default timings
+        ~3 s before the self-fence deadline even if the backend is down and a renew is hanging
+        (margin + backend_timeout + kill < (lease - loop) / 2). A live keeper answers in ms;
+        4.5 s of silence at the default lease is not a busy machine but a stopped process.
+        """
+        return (self.lease_seconds - self.loop_seconds) / 2
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -18,7 +18,9 @@ from failover.records import Records
 from failover.roles import FAST_TICK, SETTLE_TICK, Role, TickResult, Timings
 from failover.standby import Standby
 
-__all__ = ["Controller", "Role", "TickResult", "Timings"]
+KEEPER_STUCK = "keeper stopped answering"
+
+__all__ = ["KEEPER_STUCK", "Controller", "Role", "TickResult", "Timings"]
 
 
 class Controller(Standby):
@@ -253,6 +255,8 @@ class Controller(Standby):
         resign = self._resign_for_db(now)
         if resign:
             return resign
+        if child.keeper_stuck:
+            return self._keeper_stuck(child.keeper_stuck)
         if child.state is ChildState.FAILED:
             return self._demote_now("child crash loop")
         if child.state is ChildState.BACKOFF and not child.may_start(now):
@@ -269,6 +273,16 @@ class Controller(Standby):
         if hung:
             return f"leader with epoch {self.epoch}: {hung}", None
         return f"no action: I am the leader with epoch {self.epoch}{self._db_note(now)}", None
+
+    def _keeper_stuck(self, why: str) -> tuple[str, str | None]:
+        if self.child.gone:  # we killed its tree ourselves: this host cannot vouch for a child
+            self._demote(KEEPER_STUCK)
+            return f"stepping down from epoch {self.epoch}: {why}; its tree is gone", KEEPER_STUCK
+        return (
+            f"leader with epoch {self.epoch}: {why}; its tree is not gone yet (sidecar: the "
+            "scheduler container's liveness probe restarts it)",
+            None,
+        )
 
     def _check_health(self, now: float) -> Health:
         """Judge the running child by its Airflow job heartbeat; UNKNOWN never kills."""
@@ -380,10 +394,12 @@ class Controller(Standby):
             self.records.call(lambda: self.store.end_term(self.epoch, reason))  # best effort
         self.role = Role.STANDBY
         self.leader = None
-        if reason in ("switchover", "child crash loop", "metadata DB unreachable"):
+        if reason in ("switchover", "child crash loop", "metadata DB unreachable", KEEPER_STUCK):
             self.cooldown_until = now + 2 * self.t.lease
         elif reason in ("fencing failed", "child start failed"):
             self.cooldown_until = now + self.t.lease  # no epoch-burning retry loop
+        if self.child.keeper_stuck:
+            note = f" ({self.child.keeper_stuck}: the daemon killed its tree){note}"
         return f"released leadership of epoch {self.epoch} after the child exited{note}", None
 
     # -- records ----------------------------------------------------------------------------

@@ -56,6 +56,8 @@ def child_policy(settings: Settings) -> ChildPolicy:
         fast_failure_seconds=settings.fast_failure_seconds,
         backoff_initial=settings.backoff_initial_seconds,
         backoff_max=settings.backoff_max_seconds,
+        answer_seconds=settings.keeper_answer_seconds,
+        ping_seconds=settings.loop_seconds,
     )
 
 
@@ -346,9 +348,10 @@ class Daemon:
         self.board.loop_seconds = self.settings.loop_seconds
         self.board.publish(publish.snapshot(self.settings, c, child, result, now))
         self.metrics.observe(publish.sample(c, child, result, now, took))
-        for level, event, fields in child.prewarm.events:
+        for level, event, fields in [*child.prewarm.events, *child.events]:
             getattr(self.log, level)(event, **fields)
         child.prewarm.events.clear()
+        child.events.clear()
         sentence, at = self.last_logged
         if result.sentence != sentence or now - at >= REPEAT_SENTENCE_SECONDS or result.transition:
             self.log.info("tick", sentence=result.sentence, transition=result.transition)
@@ -358,6 +361,8 @@ class Daemon:
 
     def _wait(self, seconds: float, signal_fd: int) -> None:
         end = boottime() + seconds
+        due = self.child.check_at(boottime())  # a keeper's answer or stop is due: look then
+        end = min(end, due + 0.005) if due is not None else end
         poll = self.backend.poll_interval()
         while not self.signals:
             remaining = end - boottime()
@@ -377,14 +382,19 @@ class Daemon:
             readable, _, _ = select.select(fds, [], [], timeout)
             if signal_fd in readable:
                 _drain(signal_fd)
-            if self.child.link is not None and self.child.link.fileno() in readable:
-                return
+            link = self.child.link
+            if link is not None and link.fileno() in readable and self._keeper_news():
+                return  # news from the keeper (not only its ACKs): tick at once
             if self.child.warm is not None and self.child.warm.fileno() in readable:
                 self.child.poll(boottime())
             if self.sidecar is not None and self.sidecar.fileno() in readable:
                 return
             if (watch in readable or poll) and self.backend.changed():
                 return
+
+    def _keeper_news(self) -> bool:
+        """Take in what the child's keeper said; True unless it was only ACKs."""
+        return bool(self.child.poll(boottime())) or self.child.link is None
 
     def _may_accept(self) -> bool:
         """Only a standby that would take a warm keeper now: else a pending connection would

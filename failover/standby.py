@@ -86,6 +86,9 @@ class Standby:
         self._keep_warm(now)
         if self.flags.paused:
             return f"paused: no elections; leader is {self.leader or 'nobody'}", None
+        if not self.child.keeper_at_hand:
+            # Sidecar mode: winning now would only fail the start and cool down for a lease.
+            return "standby: no keeper has connected yet (sidecar); not campaigning", None
         held = self._hold_for_switchover(now)
         if held is not None:
             return held, None
@@ -179,6 +182,7 @@ class Standby:
             and not self.flags.paused
             and now >= self.cooldown_until
             and not self._yield_to_switchover_target()
+            and self.child.keeper_at_hand
         )
 
     def _hold_back_for_db(self) -> tuple[str, str | None] | None:

@@ -10,11 +10,16 @@ Protocol on the control stream (one line each, ASCII):
                     `STOP`            graceful: SIGTERM main pid, then the rest, SIGKILL later
                     `KILL`            SIGKILL the whole tree now
                     `ZK-SESSION <json>`  ZooKeeper: the daemon's session (see zksession.py)
-                    `RESTART <name>` / `KILL <name>`  one side component (group.py), whose
+                    `PING`            nothing to do but answer (the daemon asks an idle keeper)
+                    `RESTART <name>` / `KILL <name>`  one side component (group.py)
   keeper -> daemon  `READY`, `LOCKED`, `STARTED <pid>`, `EXITED <code>`, `GONE <reason>`,
-                    `ERROR <text>`                    STARTED/EXITED end with its name
+                    `ERROR <text>`, `ACK <n>` (n = lines handled so far: it answers every read);
+                    a side component's STARTED/EXITED end with its name
 End of stream (the daemon died, even by SIGKILL) = SIGKILL the tree now (exit at once if warm);
 then, holding a ZooKeeper session and with the daemon's process gone, end that session.
+A keeper that leaves lines unanswered too long is presumed stuck: the daemon kills its tree.
+With `--alive-file F` it also writes its CLOCK_BOOTTIME to F at least once a second, and
+`--check F` (a container's liveness probe) fails once F is older than `--max-age` seconds.
 
 With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiting
 (failover/airflow/prewarm.py under Airflow's interpreter); on GO that process becomes the child.
@@ -27,18 +32,18 @@ With `--prewarm` a warm keeper also keeps a pre-warmed `airflow scheduler` waiti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
+from typing import Any
 
 from failover.airflow.prewarm import parse_with_command
-from failover.keeper import proctree, zksession
+from failover.keeper import proctree, sidecar, zksession
+from failover.keeper.alive import WAKE_SECONDS, Alive, check_main
 from failover.keeper.group import Group
 from failover.keeper.proof import (
     LockFileProof,
@@ -80,6 +85,12 @@ class Keeper:
         self.session: zksession.Ticket | None = None  # the daemon's ZooKeeper session
         self.daemon_pid = 0  # 0: not known (a sidecar in another PID namespace)
         self.group: Group | None = None  # the side components (dag-processor, triggerer)
+        self.handled = 0  # daemon lines handled so far: what `ACK` reports
+        self.alive: Alive | None = None
+
+    def beat(self) -> None:
+        if self.alive is not None:
+            self.alive.beat()
 
     def send(self, line: str) -> None:
         try:
@@ -156,7 +167,7 @@ class Keeper:
                 self.session = zksession.Ticket.parse(arg)
             except ValueError:
                 self.send(f"ERROR bad {word} line")  # never echoed: it holds secrets
-        elif word:
+        elif word and word != "PING":
             self.send(f"ERROR unknown command {word!r}")
 
     def _read_control(self) -> bool:
@@ -174,11 +185,16 @@ class Keeper:
         return True
 
     def feed(self, data: bytes) -> None:
-        """Handle the complete lines of what the daemon sent; keep a partial one."""
+        """Handle the complete lines of what the daemon sent; keep a partial one; answer."""
         self.buffer += data
+        handled = self.handled
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
             self._handle_line(raw.decode("ascii", "replace"))
+            self.handled += 1
+        if self.handled != handled:
+            # The one place we answer: the daemon presumes a keeper that stops answering stuck.
+            self.send(f"ACK {self.handled}")
 
     def _escalate(self, now: float) -> None:
         if self.stop_started is None:
@@ -209,6 +225,7 @@ class Keeper:
         """Loop until the child and every process of its tree are gone."""
         self.control.setblocking(False)
         while True:
+            self.beat()
             now = boottime()
             if now >= self.run_until:
                 self.hard_kill("run-until deadline passed")
@@ -255,6 +272,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
     )
     p.add_argument("--component", action="append", default=[], help="NAME=<json argv>")
+    p.add_argument("--alive-file", help="write CLOCK_BOOTTIME here every second (--check reads)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return parse_with_command(p, argv)
 
@@ -290,46 +308,20 @@ def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
     return Warm(keeper.send, keeper.command, python, args.prewarm_max_age)
 
 
-def _connect(path: str) -> socket.socket:
-    """Sidecar mode: connect to the daemon, waiting for it to listen (it may start later)."""
-    delay = 0.1
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError:
-            sock.close()
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-def _read_init(sock: socket.socket, argv: Sequence[str]) -> tuple[argparse.Namespace, bytes] | None:
-    """Sidecar mode: the daemon's first line, `INIT <json>`, carries our options and env; the
-    bytes after it (a `GO` sent right behind it can arrive in the same read) are returned."""
-    data = b""
-    while b"\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return None
-        data += chunk
-    line, _, rest = data.partition(b"\n")
-    word, _, payload = line.decode("utf-8", "replace").partition(" ")
-    if word != "INIT":
-        return None
-    init = json.loads(payload)
+def _init_args(init: dict[str, Any], argv: Sequence[str]) -> argparse.Namespace:
+    """Sidecar mode: our options from the daemon's `INIT` (its env goes to our environ)."""
     os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
     command = list(argv[argv.index("--") :]) if "--" in argv else []
-    args = _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
-    return args, rest
+    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
 
 
 def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
     """Warm phase: wait for `GO`; the reason to exit instead, or None to start."""
     keeper.control.setblocking(False)
     while keeper.go is None:
+        keeper.beat()
         warm = keeper.warm
-        timeout = 5.0
+        timeout = 5.0 if keeper.alive is None else WAKE_SECONDS
         if warm is not None:
             if not keeper._read_control():  # a GO that is waiting beats a re-warm
                 return "daemon gone before go"
@@ -363,20 +355,23 @@ def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--check"]:
+        return check_main(argv[1:])
     args = _parse(argv)
+    alive = Alive(args.alive_file) if args.alive_file else None
     proctree.prctl(proctree.PR_SET_CHILD_SUBREAPER, 1)
     if os.getsid(0) != os.getpid():
         try:
             os.setsid()
         except PermissionError:
             pass  # a process-group leader already (a shell's job): descent still finds all
-    early = b""
+    early = b""  # sidecar mode: daemon lines that came with INIT (a GO may)
     if args.connect:
-        control = _connect(args.connect)
-        init = _read_init(control, argv)
+        control = sidecar.connect(args.connect, alive)
+        init = sidecar.read_init(control, alive)
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
-        args, early = init
+        args, early = _init_args(init[0], argv), init[1]
         daemon_pid = proctree.peer_pid(control)
     else:
         control = socket.socket(fileno=args.control_fd)
@@ -388,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proof = _proof(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
+    keeper.alive = alive
     keeper.daemon_pid = daemon_pid
     keeper.group = Group.of(args.component, keeper.send)
     keeper.feed(early)

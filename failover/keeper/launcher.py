@@ -14,10 +14,16 @@ import socket
 import struct
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from failover.errors import ChildError, ConfigError
 from failover.keeper import proctree
+from failover.keeper.proof import boottime
+
+# A keeper that has not said a word yet is importing and opening its proof of life (a DB
+# connect may take its 2 s timeout): lines sent meanwhile count as sent this long after launch.
+KEEPER_STARTUP_SECONDS = 10.0
 
 
 def set_subreaper() -> None:
@@ -41,12 +47,47 @@ class SocketKeeperLink:
         self.sock = sock
         self.buffer = b""
         self.eof = False
+        self.launched_at = boottime()
+        self.last_sent = self.launched_at
+        self.unanswered: deque[float] = deque()  # when each line not yet ACKed was sent
+        self.answered = 0
+        self.heard_at: float | None = None  # its first line (READY, ERROR, ...)
+        # An older sidecar keeper (another image) never answers: check one once it has.
+        self.acks = proc is not None
 
     def send(self, line: str) -> None:
         try:
             self.sock.sendall(line.encode() + b"\n")
         except OSError:
             pass  # the keeper is gone; read_lines reports EOF
+        self.last_sent = boottime()
+        self.unanswered.append(self.last_sent)
+
+    def ping(self, every: float) -> None:
+        """Ask an idle keeper to answer, so its silence is measured even when we say nothing."""
+        if not self.unanswered and not self.eof and boottime() - self.last_sent >= every:
+            self.send("PING")
+
+    def silence(self) -> float:
+        """How long the oldest unanswered line has waited for the keeper's ACK (0: none)."""
+        if not self.unanswered or self.eof or not self.acks:
+            return 0.0
+        heard = self.heard_at
+        since = max(self.unanswered[0], heard or self.launched_at + KEEPER_STARTUP_SECONDS)
+        return max(0.0, boottime() - since)
+
+    def _answered(self, line: str) -> bool:
+        """Record the keeper's answer; True for an `ACK` (no news for the Child)."""
+        if self.heard_at is None:
+            self.heard_at = boottime()
+        word, _, count = line.partition(" ")
+        if word != "ACK" or not count.isdigit():
+            return False
+        self.acks = True
+        while self.answered < int(count) and self.unanswered:
+            self.unanswered.popleft()
+            self.answered += 1
+        return True
 
     def read_lines(self) -> list[str]:
         lines: list[str] = []
@@ -63,7 +104,9 @@ class SocketKeeperLink:
             self.buffer += data
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
-            lines.append(raw.decode("utf-8", "replace").strip())
+            line = raw.decode("utf-8", "replace").strip()
+            if not self._answered(line):
+                lines.append(line)
         if self.eof and not any(line.startswith("GONE") for line in lines):
             lines.append("EOF")
         return lines
@@ -87,13 +130,49 @@ class SocketKeeperLink:
             self.proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(timeout=5.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5.0)  # stuck in the kernel: its tree is killed below
         # The keeper leads its session: its sid is its pid. Anything left there is ours.
         proctree.kill_tree(self.pid, [self.pid], reap_children=False)
         if self.live is not None:
             self.live.discard(self.pid)
             kill_orphans(self.live)
         self.sock.close()
+
+    def kill(self) -> bool:
+        """The keeper stopped answering: SIGKILL it and every process of its session and
+        descent ourselves; True once none is left (False in sidecar mode: we cannot)."""
+        if self.proc is None:
+            return False  # another container's keeper: only its liveness probe can end it
+        proctree.signal_all([self.pid], signal.SIGSTOP)  # it must not fork or reap meanwhile
+        proctree.kill_tree(self.pid, [self.pid], timeout=1.0, reap_children=False)
+        self.proc.kill()
+        try:
+            self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass  # stuck in the kernel (D state): what matters is its tree, checked below
+        else:
+            if self.live is not None:
+                self.live.discard(self.pid)
+        # Its escaped descendants are ours now (we are a subreaper): kill them too.
+        left = proctree.kill_tree(self.pid, [self.pid], timeout=1.0, reap_children=False)
+        if self.live is not None:
+            kill_orphans(self.live)
+        self.sock.close()
+        self.eof = True
+        return not left and not _orphans(self.live)
+
+
+def _orphans(keepers: set[int] | None) -> list[int]:
+    """Live children of ours that are not keepers (escaped from a killed keeper's tree)."""
+    if keepers is None:
+        return []
+    me = os.getpid()
+    return [
+        pid
+        for pid, (state, ppid, _) in proctree.snapshot().items()
+        if ppid == me and pid not in keepers and state not in ("Z", "X")
+    ]
 
 
 def kill_orphans(keepers: set[int]) -> None:
@@ -112,6 +191,8 @@ def kill_orphans(keepers: set[int]) -> None:
 
 class KeeperLauncher:
     """Launch keepers with this interpreter; their output goes where ours goes."""
+
+    on_demand = True
 
     def __init__(self, python: str = sys.executable, adopt_orphans: bool = False) -> None:
         self.python = python
@@ -163,6 +244,8 @@ class KeeperLauncher:
 class SidecarLauncher:
     """Sidecar mode: keepers are started by someone else (the scheduler container's command,
     `failover keeper --connect PATH -- airflow scheduler`) and connect to our Unix socket."""
+
+    on_demand = False
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -31,6 +31,8 @@ class Sample:
     warm_restarts: int = 0
     warm_rss_bytes: int = 0
     components: tuple[tuple[str, bool, int], ...] = ()  # side components: name, up, restarts
+    keeper_kills: int = 0
+    warm_keeper_kills: int = 0
 
 
 class Metrics:
@@ -105,6 +107,16 @@ class Metrics:
             registry=r,
         )
         self._component_restarts_seen: dict[str, int] = {}
+        self.keeper_unresponsive = Counter(
+            "failover_keeper_unresponsive",
+            "Keepers that stopped answering and were killed with their tree by the daemon "
+            "(keeper: child = the leader's, warm = a standby's)",
+            ["keeper"],
+            registry=r,
+        )
+        for which in ("child", "warm"):
+            self.keeper_unresponsive.labels(keeper=which)
+        self._kills_seen = {"child": 0, "warm": 0}
         self.info = Info("failover", "Build and identity", registry=r)
         self.info.info({"version": version, "backend": backend, "node": node, "cluster": cluster})
         self._restarts_seen = 0
@@ -139,6 +151,10 @@ class Metrics:
             if restarts > seen:
                 self.component_restarts.labels(component=name).inc(restarts - seen)
                 self._component_restarts_seen[name] = restarts
+        for which, total in (("child", s.keeper_kills), ("warm", s.warm_keeper_kills)):
+            if total > self._kills_seen[which]:
+                self.keeper_unresponsive.labels(keeper=which).inc(total - self._kills_seen[which])
+                self._kills_seen[which] = total
         if s.warm_restarts > self._warm_restarts_seen:
             self.warm_restarts.inc(s.warm_restarts - self._warm_restarts_seen)
             self._warm_restarts_seen = s.warm_restarts

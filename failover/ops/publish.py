@@ -54,6 +54,8 @@ def snapshot(
             "last_exit_code": child.exit_code,
             "last_event": child.last_event,
             "warm_keeper": child.warm is not None,
+            "keeper_silent_seconds": round(child.link.silence(), 3) if child.link else None,
+            "keeper_unresponsive": {"child": child.keeper_kills, "warm": child.warm_kills},
             "prewarm": {
                 "state": child.prewarm.state,
                 "pid": child.prewarm.pid,
@@ -109,6 +111,8 @@ def sample(c: Controller, child: Child, result: TickResult, now: float, took: fl
         components=tuple(
             (side.name, side.state == "running", side.restarts) for side in child.sides.values()
         ),
+        keeper_kills=child.keeper_kills,
+        warm_keeper_kills=child.warm_kills,
     )
 
 

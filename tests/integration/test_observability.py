@@ -193,7 +193,7 @@ def test_alert_rules_pass_promtool() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout
 
 
 def test_dashboard_and_alerts_use_only_real_metric_names() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from failover.child import Child, ChildPolicy
 from failover.controller import Controller, Timings
-from failover.errors import BackendUnavailable
+from failover.errors import BackendUnavailable, ChildError
 from failover.interfaces import (
     ClusterFlags,
     ElectionBackend,
@@ -156,6 +156,10 @@ class FakeLink:
         self.pid = pid
         self.sent: list[str] = []
         self.inbox: list[str] = []
+        self.silent = 0.0  # what silence() reports: set by a test to play a stuck keeper
+        self.killable = True  # False: a sidecar keeper in another container
+        self.pings = 0
+        self.killed = False
 
     def send(self, line: str) -> None:
         self.sent.append(line)
@@ -168,6 +172,17 @@ class FakeLink:
     def fileno(self) -> int:
         return -1
 
+    def ping(self, every: float) -> None:
+        self.pings += 1
+
+    def silence(self) -> float:
+        return self.silent
+
+    def kill(self) -> bool:
+        self.log.append(f"keeper {self.pid} killed by the daemon")
+        self.killed = self.killable
+        return self.killable
+
     def cleanup(self) -> None:
         self.log.append(f"keeper {self.pid} cleaned up")
 
@@ -178,6 +193,8 @@ class FakeLink:
 
 class FakeLauncher:
     def __init__(self, log: list[str]) -> None:
+        self.on_demand = True  # False: sidecar mode, a keeper only while `connected`
+        self.connected = True
         self.log = log
         self.links: list[FakeLink] = []
         self.envs: list[Mapping[str, str]] = []
@@ -190,6 +207,8 @@ class FakeLauncher:
         stop_timeout: float,
         keeper_args: Sequence[str],
     ) -> FakeLink:
+        if not self.on_demand and not self.connected:
+            raise ChildError("no keeper has connected to /run/failover/keeper.sock yet")
         link = FakeLink(self.log, 100 + len(self.links))
         self.links.append(link)
         self.envs.append(env)

@@ -53,6 +53,22 @@ def test_only_the_keeper_of_a_started_child_gets_the_backend_session() -> None:
     assert rig.launcher.last.sent == ["GO 8 1009.000000", "ZK-SESSION {}"]
 
 
+def test_sidecar_standby_campaigns_only_once_its_keeper_connected() -> None:
+    """A daemon restarted before its keeper container reconnected would win, fail to start
+    the child and cool down for a lease: it waits for the keeper instead."""
+    rig = make_rig()
+    rig.launcher.on_demand, rig.launcher.connected = False, False
+    result = rig.controller.tick()
+    assert result.role is Role.STANDBY
+    assert "no keeper has connected yet" in result.sentence
+    assert rig.backend.lease.holder is None  # never campaigned
+    rig.launcher.connected = True
+    rig.clock.advance(1.0)
+    result = rig.controller.tick()
+    assert result.role is Role.LEADER, result.sentence
+    assert len(rig.launcher.links) == 1  # the connected keeper got GO
+
+
 def test_standby_follows_the_leader_with_a_warm_keeper() -> None:
     lease = SharedLease(holder="other", epoch=7)
     rig = make_rig(lease=lease)

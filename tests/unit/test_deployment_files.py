@@ -88,6 +88,15 @@ def test_sidecar_form_shares_only_a_socket_directory() -> None:
     sock = env["FAILOVER_KEEPER__LISTEN"]
     assert scheduler["command"][:4] == ["failover", "keeper", "--connect", sock]
     assert scheduler["command"][-2:] == ["airflow", "scheduler"]
+    # The keeper writes an alive file the scheduler container's liveness probe checks.
+    alive = scheduler["command"][scheduler["command"].index("--alive-file") + 1]
+    live = scheduler["livenessProbe"]
+    assert live["exec"]["command"][:4] == ["failover", "keeper", "--check", alive]
+    max_age = float(live["exec"]["command"][live["exec"]["command"].index("--max-age") + 1])
+    worst = max_age + live["periodSeconds"] * live["failureThreshold"] + live["timeoutSeconds"]
+    worst += live["terminationGracePeriodSeconds"]
+    assert worst < 10 - 1  # restarted within the default lease - margin
+    assert str(Path(alive).parent) == str(Path(sock).parent)  # on the shared emptyDir
     mount_of = {m["name"]: m["mountPath"] for m in scheduler["volumeMounts"]}
     sidecar_mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
     shared = set(mount_of) & set(sidecar_mounts)
@@ -118,4 +127,6 @@ def test_helm_values() -> None:
     assert scheduler["command"][:3] == ["failover", "keeper", "--connect"]
     (sidecar,) = scheduler["extraInitContainers"]
     assert sidecar["restartPolicy"] == "Always" and probes_of(sidecar) == ("/healthz", "/leader")
-    assert scheduler["livenessProbe"]["command"] == ["true"]  # standbys have no SchedulerJob
+    # Not `airflow jobs check` (a standby has no SchedulerJob): the keeper's alive file.
+    alive = scheduler["command"][scheduler["command"].index("--alive-file") + 1]
+    assert scheduler["livenessProbe"]["command"][:4] == ["failover", "keeper", "--check", alive]
