@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from failover.errors import ChildError
-from failover.group import Component
-from failover.keeper.group import component_arg
+from failover.group import Component, due_restarts, group_args
 
 
 class ChildState(enum.Enum):
@@ -206,18 +205,11 @@ class Child:
         """No keeper at all, and not backing off after a warm keeper died."""
         return self.warm is None and self.gone and now >= self.warm_retry_at
 
-    def _group_args(self) -> list[str]:
-        return [
-            a
-            for c in self.sides.values()
-            for a in ("--component", component_arg(c.name, c.command))
-        ]
-
     def prepare(self, now: float, env: Mapping[str, str], keeper_args: Sequence[str]) -> None:
         """Start a warm keeper (imports done, proof session open) so a start costs ~1 ms."""
         if not self.wants_warm(now):
             return
-        args = (*keeper_args, *self._group_args(), *self.warm_args)
+        args = (*keeper_args, *group_args(self.sides), *self.warm_args)
         self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         self.warm_ready = False
 
@@ -293,7 +285,7 @@ class Child:
         self.warm_ready = False
         self.prewarm.gone()  # promoted (or never there): no warm process any more
         if link is None:
-            args = (*keeper_args, *self._group_args())
+            args = (*keeper_args, *group_args(self.sides))
             link = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         link.send(f"GO {epoch} {run_until:.6f}")
         for side in self.sides.values():
@@ -357,33 +349,16 @@ class Child:
             side.failing = reason
             self.link.send(f"KILL {name}")
 
-    def _restart_sides(self, now: float) -> None:
-        if self.link is None or self.state is not ChildState.RUNNING or self.stop_sent:
-            return
-        for side in self.sides.values():
-            if side.state == "backoff" and now >= side.backoff_until:
-                side.launched(now)
-                side.restarts += 1
-                self.link.send(f"RESTART {side.name}")
-
     def _side_line(self, now: float, word: str, arg: str, name: str) -> None:
-        side = self.sides[name]
-        if word == "STARTED" and arg.isdigit():
-            side.pid, side.state = int(arg), "running"
-            return
-        side.exit_code = int(arg) if arg.lstrip("-").isdigit() else None
-        if self.stop_sent or self.exit_code is not None or self.state is not ChildState.RUNNING:
-            side.state, side.pid = "stopped", None  # the group is ending: not its failure
-            return
-        policy = self.policy
-        backoff = (policy.backoff_initial, policy.backoff_max)
-        why = side.failing or f"exited with {side.exit_code}"
-        self.last_event = f"component {name} {why}"
-        if side.exited(now, side.exit_code or 0, policy.fast_failure_seconds, backoff) >= (
-            policy.max_fast_failures
-        ):
-            self.give_up = f"component {name} crash loop ({why})"
-            self.fail(self.give_up)
+        ending = bool(self.stop_sent) or self.exit_code is not None
+        ending = ending or self.state is not ChildState.RUNNING  # the group ends: not its failure
+        p = self.policy
+        rule = (p.fast_failure_seconds, p.backoff_initial, p.backoff_max, p.max_fast_failures)
+        event, give_up = self.sides[name].on_line(now, word, arg, ending, rule)
+        self.last_event = event or self.last_event
+        if give_up:
+            self.give_up = give_up
+            self.fail(give_up)
 
     def reset_failures(self) -> None:
         """Forget the crash history (after leadership was given up and regained)."""
@@ -406,7 +381,9 @@ class Child:
             self._check_keeper(now)
         if self.link is not None:
             self.link.ping(self.policy.ping_seconds)
-        self._restart_sides(now)
+        if self.link is not None and self.state is ChildState.RUNNING and not self.stop_sent:
+            for name in due_restarts(self.sides, now):
+                self.link.send(f"RESTART {name}")
         return lines
 
     def check_at(self, now: float) -> float | None:

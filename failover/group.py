@@ -4,9 +4,10 @@ command (the scheduler) under its keeper, each with its own state, restarts and 
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from failover.errors import ConfigError
@@ -65,6 +66,24 @@ class Component:
         self.backoff_until = now + min(delay, cap)
         self.state = "backoff"
         return self.fast_failures
+
+    def on_line(
+        self, now: float, word: str, arg: str, ending: bool, rule: tuple[float, float, float, int]
+    ) -> tuple[str, str]:
+        """Its keeper's `STARTED`/`EXITED` line; (event, reason to give the group up).
+        `rule`: fast-failure seconds, first backoff, backoff cap, max fast failures."""
+        if word == "STARTED" and arg.isdigit():
+            self.pid, self.state = int(arg), "running"
+            return "", ""
+        code = int(arg) if arg.lstrip("-").isdigit() else None
+        if ending:
+            self.state, self.pid, self.exit_code = "stopped", None, code
+            return "", ""
+        why = self.failing or f"exited with {code}"
+        fast_seconds, initial, cap, max_fast = rule
+        if self.exited(now, code or 0, fast_seconds, (initial, cap)) >= max_fast:
+            return f"component {self.name} {why}", f"component {self.name} crash loop ({why})"
+        return f"component {self.name} {why}", ""
 
     def describe(self) -> dict[str, object]:
         return {
@@ -139,3 +158,18 @@ def decode(child_state: str) -> tuple[str, list[dict[str, object]]]:
             }
         )
     return main, out
+
+
+def group_args(sides: Mapping[str, Component]) -> list[str]:
+    """The keeper options that start the side components beside the main command."""
+    # NAME=<json argv>, as failover/keeper/group.py parses it
+    return [a for c in sides.values() for a in ("--component", f"{c.name}={json.dumps(c.command)}")]
+
+
+def due_restarts(sides: Mapping[str, Component], now: float) -> list[str]:
+    """Side components whose backoff has passed, marked as starting again."""
+    due = [c for c in sides.values() if c.state == "backoff" and now >= c.backoff_until]
+    for side in due:
+        side.launched(now)
+        side.restarts += 1
+    return [c.name for c in due]
