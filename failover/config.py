@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failover.dsn import check_zk_hosts
+from failover.child.group import main_first, validate_components
+from failover.dsn import check_zk_hosts, check_zk_tls
 from failover.errors import ConfigError
-from failover.group import main_first, validate_components
 
 # The backend names settings accept; each has a package in failover/backends/ (the registry).
 BACKENDS = ("local", "postgres", "mysql", "zookeeper")
@@ -425,7 +425,7 @@ def _validate_zookeeper(s: Settings) -> None:
             f"{session:g} s session: the session could expire while the client waits",
             f"use <= {session / 3:.2f}",
         )
-    _validate_zk_tls(zk)
+    check_zk_tls(zk.use_ssl, zk.ca_file, zk.cert_file, zk.key_file)
 
 
 def _validate_db_resign(s: Settings) -> None:
@@ -441,18 +441,4 @@ def _validate_db_resign(s: Settings) -> None:
             f"{resign:g} s is below lease_seconds ({s.lease_seconds:g} s): a blip of the "
             "metadata DB would move the scheduler",
             f"use at least {s.lease_seconds:g}, or 0 to never resign for it",
-        )
-
-
-def _validate_zk_tls(zk: ZooKeeperSettings) -> None:
-    for name in ("ca_file", "cert_file", "key_file"):
-        if getattr(zk, name) and not zk.use_ssl:
-            raise ConfigError(
-                f"zookeeper.{name}", "is set but use_ssl is false", "set use_ssl = true or drop it"
-            )
-    if bool(zk.cert_file) != bool(zk.key_file):
-        raise ConfigError(
-            "zookeeper.cert_file" if zk.key_file else "zookeeper.key_file",
-            "a client certificate needs its key and the key its certificate",
-            "set both cert_file and key_file, or neither",
         )

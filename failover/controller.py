@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from failover import __version__, group
+from failover import __version__
 from failover.airflow.health import Health, HealthPolicy, JobSource, Verdict, judge
-from failover.child import Child, ChildState, child_env
+from failover.child import Child, ChildState, child_env, group
 from failover.dbreach import DbReach
 from failover.errors import BackendUnavailable, ChildError
 from failover.interfaces import ClusterFlags, ElectionBackend, MemberState, MemberStore

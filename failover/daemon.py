@@ -21,11 +21,11 @@ from failover.airflow import settings as airflow_settings
 from failover.airflow.health import HealthPolicy, JobSource
 from failover.backends import open_backend, open_metadata
 from failover.child import Child, ChildPolicy
+from failover.child.group import components
 from failover.config import Settings, zookeeper_db_resign_seconds
 from failover.controller import Controller, Role, TickResult, Timings
 from failover.dbreach import DbReach, ReachPolicy
 from failover.errors import ConfigError, FailoverError
-from failover.group import components
 from failover.interfaces import RECONNECT_MAX_SECONDS
 from failover.keeper import proctree
 from failover.keeper.launcher import KeeperLauncher, SidecarLauncher

@@ -261,3 +261,21 @@ def check_zk_hosts(hosts: str | None) -> None:
         bad_port = colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
         if not ZK_HOST_RE.fullmatch(host) or bad_port:
             raise ConfigError("zookeeper.hosts", f"bad server {server!r}", example)
+
+
+def check_zk_tls(
+    use_ssl: bool, ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> None:
+    """`[zookeeper]` TLS files: only with use_ssl, and a certificate only with its key."""
+    files = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+    for name, value in files.items():
+        if value and not use_ssl:
+            raise ConfigError(
+                f"zookeeper.{name}", "is set but use_ssl is false", "set use_ssl = true or drop it"
+            )
+    if bool(cert_file) != bool(key_file):
+        raise ConfigError(
+            "zookeeper.cert_file" if key_file else "zookeeper.key_file",
+            "a client certificate needs its key and the key its certificate",
+            "set both cert_file and key_file, or neither",
+        )

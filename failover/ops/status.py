@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from failover.backends import open_store
+from failover.child.group import decode
 from failover.config import Settings
 from failover.errors import FailoverError
-from failover.group import decode
 
 
 def cluster_status(settings: Settings) -> dict[str, Any]:

@@ -7,9 +7,9 @@ import pytest
 
 from failover.airflow.health import HealthPolicy, JobRow
 from failover.child import Child, ChildState
+from failover.child.group import Component, decode, encode, job_type
 from failover.controller import Controller
 from failover.errors import ConfigError
-from failover.group import Component, decode, encode, job_type
 from failover.sources import load_settings
 
 from .fakes import POLICY, FakeJobs, FakeLauncher, make_rig
