@@ -129,6 +129,14 @@ class IamTokens:
         self.token = ""
         self.made_at = -1e18
 
+    @classmethod
+    def for_dsn(cls, dsn: str, region: str | None) -> IamTokens:
+        """Tokens for the host, port and user of a DSN."""
+        from failover.dsn import parse_dsn
+
+        info = parse_dsn(dsn)
+        return cls(info.host, info.port, info.user, region)
+
     def password(self) -> str:
         now = self.clock()
         if now - self.made_at >= TOKEN_REFRESH:

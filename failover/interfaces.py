@@ -6,9 +6,9 @@ and the entry each backend package registers. Three-way outcomes: True (done), F
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from failover.airflow.health import JobSource
@@ -62,6 +62,13 @@ class MemberRecord:
     heartbeat_age: float
     sentence: str = ""
 
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> MemberRecord:
+        """A SQL row: node, role, epoch, child_state, child_pid, version, age, sentence."""
+        return cls(
+            str(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4], str(r[5]), float(r[6]), str(r[7])
+        )
+
 
 @dataclass(frozen=True)
 class ClusterFlags:
@@ -73,6 +80,18 @@ class ClusterFlags:
     switchover_age: float | None = None  # of the pending request, else of the last outcome
     switchover_result: str | None = None  # how the last request ended, once decided
     extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> ClusterFlags:
+        """A SQL row: paused, switchover_to, switchover_from, age (seconds), result."""
+        paused, target, source, age, result = r
+        return cls(
+            paused=bool(paused),
+            switchover_to=target,
+            switchover_from=source or None,
+            switchover_age=float(age) if age is not None else None,
+            switchover_result=result or None,
+        )
 
 
 class ElectionBackend(abc.ABC):

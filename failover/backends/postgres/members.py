@@ -79,12 +79,7 @@ class PostgresMembers(MemberStore):
             ).format(m=self.t["member"]),
             (self.cluster,),
         )
-        return [
-            MemberRecord(
-                str(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4], str(r[5]), float(r[6]), str(r[7])
-            )
-            for r in rows
-        ]
+        return [MemberRecord.from_row(r) for r in rows]
 
     def begin_term(self, epoch: int, node: str, reason: str) -> None:
         self._q(
@@ -124,14 +119,7 @@ class PostgresMembers(MemberStore):
         )
         if not rows:
             return ClusterFlags()
-        paused, target, source, age, result = rows[0]
-        return ClusterFlags(
-            paused=bool(paused),
-            switchover_to=target,
-            switchover_from=source or None,
-            switchover_age=float(age) if age is not None else None,
-            switchover_result=result or None,
-        )
+        return ClusterFlags.from_row(rows[0])
 
     def _update(self, assignments: str, params: tuple[Any, ...]) -> None:
         self._q(

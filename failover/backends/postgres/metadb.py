@@ -23,10 +23,8 @@ def password_for(settings: Settings, dsn: str) -> Callable[[], str] | None:
     if not settings.postgres.iam_auth:
         return None
     from failover.aws import IamTokens
-    from failover.dsn import parse_dsn
 
-    info = parse_dsn(dsn)
-    return IamTokens(info.host, info.port, info.user, settings.aws.region).password
+    return IamTokens.for_dsn(dsn, settings.aws.region).password
 
 
 class PostgresMetadata(MetadataDB):
