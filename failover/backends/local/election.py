@@ -59,6 +59,9 @@ def _lock_is_held(path: Path) -> bool:
     return False
 
 
+SETUP_WAIT = 10.0  # seconds a new store waits for another daemon's schema set-up
+
+
 class LocalStore:
     """The SQLite file shared by every daemon of one cluster on this host."""
 
@@ -83,10 +86,14 @@ class LocalStore:
                 "pick a writable directory",
             ) from err
         try:
-            self.db = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
+            # Daemons started together race for the one-time WAL switch and schema: that
+            # waits up to SETUP_WAIT (start-up, not a tick), every later call `timeout`.
+            wait = timeout if read_only else max(timeout, SETUP_WAIT)
+            self.db = sqlite3.connect(self.db_path, timeout=wait, isolation_level=None)
             if not read_only:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.executescript(SCHEMA)
+                self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         except sqlite3.Error as err:
             raise BackendUnavailable(f"local store {self.db_path}: {err}") from err
 
