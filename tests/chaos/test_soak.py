@@ -14,6 +14,7 @@ from bench.soak import run
 pytestmark = pytest.mark.soak
 
 
+@pytest.mark.timeout(600 + 60 * float(os.environ.get("FAILOVER_TEST_SOAK_MINUTES", "2")))
 @pytest.mark.parametrize("backend", ["local", "postgres", "mysql", "zookeeper"])
 def test_random_faults(backend: str) -> None:
     minutes = float(os.environ.get("FAILOVER_TEST_SOAK_MINUTES", "2"))

@@ -89,6 +89,7 @@ def inject(c: Cluster, fault: str, leader: str) -> None:
         subprocess.run([*argv, *c.client_args()], capture_output=True, timeout=90, check=False)
 
 
+@pytest.mark.timeout(900 + 60 * float(os.environ.get("FAILOVER_TEST_SOAK_MINUTES", "30")))
 def test_airflow_soak(airflow_db: AirflowDb, tmp_path: Path) -> None:
     minutes = float(os.environ.get("FAILOVER_TEST_SOAK_MINUTES", "30"))
     seed = int(os.environ.get("FAILOVER_TEST_SOAK_SEED", "7"))
