@@ -1,5 +1,6 @@
 """Soak with the real Airflow 2.11.2 scheduler (pytest -m soak tests/e2e/test_airflow_soak.py;
-FAILOVER_TEST_SOAK_MINUTES, default 30; FAILOVER_TEST_SOAK_SEED): two candidates on
+FAILOVER_TEST_SOAK_MINUTES, default 30; FAILOVER_TEST_SOAK_SEED; FAILOVER_TEST_SOAK_KEEP=<dir>
+keeps the logs): two candidates on
 PostgreSQL, LocalExecutor, a DAG of 10 s tasks running all along, random faults of the leader
 (kill -9 / SIGTERM / SIGSTOP of its daemon, kill -9 of its scheduler, switchover). Writes
 bench/results/soak-airflow.md: faults, tries of one run that overlapped in time (must be 0),
@@ -7,9 +8,11 @@ samplers (one child tree, one SchedulerJob heartbeating: must be clean), failed 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -18,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,30 +34,53 @@ FAULTS = ("kill9_daemon", "sigterm_daemon", "sigstop_daemon", "kill9_scheduler",
 REPORT = HERE.parent.parent / "bench" / "results" / "soak-airflow.md"
 
 
-def tries(records: Path) -> dict[tuple[str, str], dict[str, object]]:
-    """(run_id, try) -> {node, start, end} from the DAG's records (end missing: killed)."""
-    out: dict[tuple[str, str], dict[str, object]] = {}
+def tries(records: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(run_id, try) -> {node, first, last, ended} from the DAG's records: the try was alive
+    from its first record to its last (a beat a second; a killed try has no end)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for line in records.read_text().splitlines() if records.exists() else []:
         run, try_number, node, word, t = line.split()
-        out.setdefault((run, try_number), {"node": node})[word] = float(t)
+        seen = out.setdefault((run, try_number), {"node": node, "first": float(t), "last": 0.0})
+        seen["first"] = min(seen["first"], float(t))
+        seen["last"] = max(seen["last"], float(t))
+        seen["ended"] = seen.get("ended", False) or word == "end"
     return out
 
 
-def overlapping(records: Path, kills: list[float]) -> list[str]:
-    """Tries of one run whose lifetimes overlap; a try without an end died at the first fault
-    after its start (its tree was killed) or is still running."""
-    found = []
+def overlapping(records: Path) -> list[str]:
+    """Tries of one run alive at once: one's first record before another's last."""
     by_run: dict[str, list[tuple[float, float, str]]] = {}
     for (run, _), t in tries(records).items():
-        start = float(t["start"])  # type: ignore[arg-type]
-        end = t.get("end") or next((k for k in kills if k > start), time.time())
-        by_run.setdefault(run, []).append((start, float(end), str(t["node"])))  # type: ignore[arg-type]
+        by_run.setdefault(run, []).append((t["first"], t["last"], t["node"]))
+    found = []
     for run, spans in by_run.items():
         spans.sort()
-        for (_s1, e1, n1), (s2, _, n2) in itertools.pairwise(spans):
-            if s2 < e1:
-                found.append(f"{run}: {n1} until {e1:.2f}, {n2} from {s2:.2f}")
+        for (_, last, n1), (first, _, n2) in itertools.pairwise(spans):
+            if first < last:
+                found.append(f"{run}: {n1} alive until {last:.2f}, {n2} from {first:.2f}")
     return found
+
+
+class TreeSampler(EnvSampler):
+    """EnvSampler that keeps what each process of a broken sample was (comm, argv)."""
+
+    def check(self) -> Any:
+        outcome = super().check()
+        if outcome:
+            outcome += " " + repr({p: (comm(p), cmdline(p)[:4]) for p in self.processes()})
+        return outcome
+
+
+def comm(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return "?"
+
+
+def cmdline(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return []
 
 
 def last_job(dsn: str) -> int:
@@ -117,12 +144,11 @@ def test_airflow_soak(airflow_db: AirflowDb, tmp_path: Path) -> None:
     )
     faults: Counter[str] = Counter()
     recoveries: list[float] = []
-    kills: list[float] = []
     stuck: list[str] = []
     abandoned: list[str] = []
     end = time.monotonic() + 60 * minutes
     try:
-        with EnvSampler(c.cluster) as procs, JobSampler(db.dsn, c.cluster) as jobs:
+        with TreeSampler(c.cluster) as procs, JobSampler(db.dsn, c.cluster) as jobs:
             c.start_all()
             for _ in range(10_000):
                 leader = wait_until(lambda: heartbeating(db.dsn), 120, "a scheduler", 0.2)
@@ -132,7 +158,6 @@ def test_airflow_soak(airflow_db: AirflowDb, tmp_path: Path) -> None:
                 leader = wait_until(lambda: heartbeating(db.dsn), 120, "a scheduler", 0.2)
                 fault = rng.choice(FAULTS)
                 faults[fault] += 1
-                kills.append(time.time())
                 newest = last_job(db.dsn)
                 t0 = time.monotonic()
                 said = inject(c, fault, leader)
@@ -148,8 +173,8 @@ def test_airflow_soak(airflow_db: AirflowDb, tmp_path: Path) -> None:
         c.stop_all(timeout=40)
         runs = dict(rows(db.dsn, "SELECT state, count(*) FROM dag_run GROUP BY state"))
         retried = rows(db.dsn, "SELECT count(*) FROM task_instance WHERE try_number > 1")[0][0]
-        doubled = overlapping(db.records, kills)
-        ended = sum(1 for t in tries(db.records).values() if "end" in t)
+        doubled = overlapping(db.records)
+        ended = sum(1 for t in tries(db.records).values() if t["ended"])
         recovery = (
             f"median {statistics.median(recoveries):.1f}, max {max(recoveries):.1f}"
             if recoveries
@@ -174,9 +199,16 @@ def test_airflow_soak(airflow_db: AirflowDb, tmp_path: Path) -> None:
             f"- faults after which no new scheduler heartbeated within 120 s: {stuck}\n"
         )
         print("\n" + REPORT.read_text(), file=sys.stderr)
+        for line in doubled[:10] + procs.violations[:3]:
+            print(line, file=sys.stderr)
+        if doubled or procs.violations:
+            print(c.dump_logs(), file=sys.stderr)
         procs.assert_clean()
         jobs.assert_clean()
         assert not doubled, doubled
         assert not stuck, stuck
     finally:
         c.stop_all(timeout=40)
+        keep = os.environ.get("FAILOVER_TEST_SOAK_KEEP")  # a directory for the logs
+        if keep:
+            shutil.copytree(tmp_path, keep, dirs_exist_ok=True, ignore_dangling_symlinks=True)

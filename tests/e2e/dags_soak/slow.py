@@ -1,5 +1,5 @@
-"""The soak's DAG: a 10 s task every 5 s, up to three runs at once; each try records its start
-and end (node, try, wall clock) so that two tries of one run overlapping in time show up."""
+"""The soak's DAG: a 10 s task every 5 s, up to three runs at once; each try records its start,
+a beat a second and its end (node, try, wall clock), so two tries of one run alive at once show."""
 
 from datetime import datetime, timedelta
 
@@ -10,6 +10,8 @@ RECORD = (
     'echo "{{ run_id }} {{ ti.try_number }} ${FAILOVER_NODE:-?} WORD $(date +%s.%N)"'
     ' >> "$E2E_RECORDS"'
 )
+# A beat every second while the try runs: a killed try's last beat bounds when it died.
+WORK = f"for i in $(seq 10); do {RECORD.replace('WORD', 'beat')}; sleep 1; done"
 
 with DAG(
     dag_id="slow",
@@ -23,6 +25,6 @@ with DAG(
     BashOperator(
         task_id="work",
         bash_command=RECORD.replace("WORD", "start")
-        + " && sleep 10 && "
+        + f" && {WORK} && "
         + RECORD.replace("WORD", "end"),
     )
