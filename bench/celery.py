@@ -33,8 +33,8 @@ from tests.servers import PostgresServer
 
 HEADER = (
     "| scenario | run | fault -> heartbeat (s) | in flight | finished once | re-run | lost "
-    "| adopted | queued | executed | fault -> next queued (s) | load 1 min |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| adopted | queued | executed | fault -> next queued (s) | beat 2nd tries | load 1 min |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -83,7 +83,7 @@ def row(scenario: str, run: int, f: Figures) -> str:
     return (
         f"| {scenario} | {run} | {f.heartbeat:.2f} | {f.in_flight} | {f.finished} | {f.rerun} "
         f"| {f.lost} | {f.adopted} | {f.queued} | {f.queued_done} | {f.next_queued:.2f} "
-        f"| {os.getloadavg()[0]:.1f} |"
+        f"| {f.beat_retried} | {os.getloadavg()[0]:.1f} |"
     )
 
 
@@ -97,7 +97,7 @@ def summary(scenario: str, figures: list[Figures]) -> str:
         f"| {sum(f.rerun for f in figures)} | {sum(f.lost for f in figures)} "
         f"| {sum(f.adopted for f in figures)} | {sum(f.queued for f in figures)} "
         f"| {sum(f.queued_done for f in figures)} | {spread([f.next_queued for f in figures])} "
-        "| |"
+        f"| {sum(f.beat_retried for f in figures)} | |"
     )
 
 

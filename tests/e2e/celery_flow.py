@@ -38,6 +38,7 @@ class Figures:
     queued: int  # queued (in the broker) at the fault
     queued_done: int  # ... of which succeeded with one try
     new_runs: int  # `beat` DAG runs created after the fault
+    beat_retried: int  # `beat` tasks on a second try since the fault (reset, not adopted)
     leader: str
     new_leader: str
 
@@ -60,6 +61,11 @@ def newest_scheduler(dsn: str) -> tuple[int, str, Any] | None:
         "ORDER BY id DESC LIMIT 1",
     )
     return (int(found[0][0]), str(found[0][1]), found[0][2]) if found else None
+
+
+def beat_retried(dsn: str) -> int:
+    sql = "SELECT count(*) FROM task_instance WHERE dag_id = 'beat' AND try_number > 1"
+    return int(rows(dsn, sql)[0][0])
 
 
 def work_in_flight(site: CelerySite, run_id: str, timeout: float = 180) -> dict[str, TaskRow]:
@@ -96,6 +102,7 @@ def failover_with_work_in_flight(
     before = wait_until(lambda: newest_scheduler(site.db.dsn), 180, "a scheduler", 0.2)
     at_fault = work_in_flight(site, run_id)
     leader = before[1]
+    retried_before = beat_retried(site.db.dsn)
     fault_at = rows(site.db.dsn, "SELECT now()")[0][0]
     fault(leader)
     new = wait_until(
@@ -147,6 +154,7 @@ def failover_with_work_in_flight(
         queued=len(queued),
         queued_done=sum(once(k) for k in queued),
         new_runs=int(new_runs),
+        beat_retried=beat_retried(site.db.dsn) - retried_before,
         leader=leader,
         new_leader=new[1],
     )

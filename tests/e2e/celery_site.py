@@ -200,6 +200,17 @@ class CelerySite:
                 fwd.close()
 
 
+def missing_parts(binary: str) -> str | None:
+    """What this machine lacks for a Celery site (scripts/test installs both), or None."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed: run scripts/test (apt-get install redis-server)"
+    python = str(Path(binary).with_name("python"))
+    probe = [python, "-c", "import airflow.providers.celery, redis"]
+    if subprocess.run(probe, capture_output=True, timeout=120, check=False).returncode != 0:
+        return f"the Celery provider is not in {python}'s venv: run scripts/test (it installs it)"
+    return None
+
+
 @contextlib.contextmanager
 def celery_site(server: Any, root: Path) -> Iterator[CelerySite]:
     """The broker, the worker and two candidates, each in a namespace of its own; the worker
