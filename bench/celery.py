@@ -2,6 +2,7 @@
 two candidates, each in a network namespace (tests/e2e/celery_site.py), Airflow 2.11.2.
 
     python bench/celery.py [--runs 5] [--scenarios kill9,switchover,partition]
+                            [--broker redis|rabbitmq] [--out FILE]
                             (needs scripts/test's Airflow venv with the Celery provider)
 
 Each run triggers the `slow` DAG (4 tasks of 20 s, worker concurrency 2), waits until two
@@ -101,10 +102,10 @@ def summary(scenario: str, figures: list[Figures]) -> str:
     )
 
 
-def bench(server: PostgresServer, scenario: str, runs: int, lines: list[str]) -> None:
+def bench(server: PostgresServer, scenario: str, runs: int, lines: list[str], broker: str) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-celery-") as tmp,
-        celery_site(server, Path(tmp)) as site,
+        celery_site(server, Path(tmp), broker) as site,
     ):
         site.make_cluster({"max_fast_failures": "10"})
         site.start_nodes()
@@ -130,11 +131,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--scenarios", default="kill9")
+    p.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "celery.md"))
     args = p.parse_args()
     load = os.getloadavg()
     lines = [
-        "CeleryExecutor (Airflow 2.11.2, redis-server broker, one worker of concurrency 2, two "
+        f"CeleryExecutor (Airflow 2.11.2, {args.broker}-server broker, one worker of concurrency 2, two "
         f"candidates on PostgreSQL; each in a network namespace; {os.cpu_count()} cores, "
         f"lease 5 s, {time.strftime('%Y-%m-%d')}; load average at start "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}: a shared machine). Times from the "
@@ -146,7 +148,7 @@ def main() -> int:
     server.start()
     try:
         for scenario in args.scenarios.split(","):
-            bench(server, scenario, args.runs, lines)
+            bench(server, scenario, args.runs, lines, args.broker)
     finally:
         server.close()
     text = "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""A CeleryExecutor site of real parts, each "host" a network namespace: redis-server (the
-broker), one `airflow celery worker`, two scheduler candidates under the controller.
+"""A CeleryExecutor site of real parts, each "host" a network namespace: the broker
+(redis-server or rabbitmq-server, tests/e2e/brokers.py), one `airflow celery worker`, two
+scheduler candidates under the controller.
 
 The metadata DB and the Celery result backend are the PostgreSQL fixture, reached from each
 namespace through a forwarder on its veth; the broker likewise (a forwarder per client host to
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -25,9 +25,9 @@ import psycopg2
 
 from ..harness import Cluster, wait_until
 from ..netns import Forwarder, Host, namespace_host
+from .brokers import BROKERS, Broker
 from .conftest import DAEMON_SETTINGS, HERE, AirflowDb, migrated_db
 
-REDIS_PORT = 6379
 NODES = ("m1", "m2")
 WORKER_CONCURRENCY = 2
 
@@ -49,8 +49,9 @@ class CelerySite:
     broker: Host
     hosts: dict[str, Host]  # m1, m2, worker
     pg_port: int
+    kind: Broker = BROKERS["redis"]
     forwards: dict[str, tuple[Forwarder, Forwarder]] = field(default_factory=dict)
-    redis: subprocess.Popen[bytes] | None = None
+    broker_proc: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     cluster: Cluster | None = None
 
@@ -58,11 +59,11 @@ class CelerySite:
         """Airflow's env on host `name` (None: the root namespace, where the test runs)."""
         if name is None:
             pg = f"127.0.0.1:{self.pg_port}"
-            broker = f"{self.broker.ns_ip}:{REDIS_PORT}"
+            broker = f"{self.broker.ns_ip}:{self.kind.port}"
         else:
-            pg_fwd, redis_fwd = self.forwards[name]
+            pg_fwd, broker_fwd = self.forwards[name]
             pg = f"{self.hosts[name].host_ip}:{pg_fwd.listen_port}"
-            broker = f"{self.hosts[name].host_ip}:{redis_fwd.listen_port}"
+            broker = f"{self.hosts[name].host_ip}:{broker_fwd.listen_port}"
         dsn = self.db.dsn.replace(f"127.0.0.1:{self.pg_port}", pg)
         return self.db.env(
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=dsn.replace(
@@ -71,7 +72,7 @@ class CelerySite:
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__CORE__DAGS_FOLDER=str(HERE / "dags_celery"),
             AIRFLOW__CORE__PARALLELISM="16",
-            AIRFLOW__CELERY__BROKER_URL=f"redis://{broker}/0",
+            AIRFLOW__CELERY__BROKER_URL=self.kind.url(broker),
             AIRFLOW__CELERY__RESULT_BACKEND="db+" + dsn,
             AIRFLOW__CELERY__WORKER_CONCURRENCY=str(WORKER_CONCURRENCY),
             AIRFLOW__CELERY__SYNC_PARALLELISM="1",
@@ -82,45 +83,27 @@ class CelerySite:
         )
 
     def start_broker(self) -> None:
-        log = open(self.root / "redis.log", "ab")
-        self.redis = subprocess.Popen(
-            [
-                *self.broker.exec_prefix(),
-                shutil.which("redis-server") or "redis-server",
-                "--bind",
-                self.broker.ns_ip,
-                "--port",
-                str(REDIS_PORT),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ],
+        argv, env = self.kind.command(self.broker.ns_ip, self.root / self.kind.kind)
+        log = open(self.root / f"{self.kind.kind}.log", "ab")
+        self.broker_proc = subprocess.Popen(
+            [*self.broker.exec_prefix(), *argv],
+            env={**os.environ, **env},
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
-        wait_until(self.broker_up, 20, "redis-server to answer", 0.1)
+        wait_until(self.broker_up, 90, f"{self.kind.kind} to answer", 0.2)
 
     def broker_up(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection((self.broker.ns_ip, REDIS_PORT), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return self.kind.answers(self.broker.ns_ip)
 
     def stop_broker(self) -> None:
-        """A broker outage: redis-server killed (its queue is lost with it: no persistence)."""
-        assert self.redis is not None
-        self.redis.kill()
-        self.redis.wait(timeout=10)
+        """A broker outage: the server killed (redis: its queue is lost, no persistence)."""
+        assert self.broker_proc is not None
+        os.killpg(self.broker_proc.pid, signal.SIGKILL)
+        self.broker_proc.wait(timeout=10)
 
     def start_worker(self) -> None:
         log = open(self.root / "worker.log", "ab")
@@ -187,7 +170,7 @@ class CelerySite:
     def close(self) -> None:
         if self.cluster is not None:
             self.cluster.stop_all(timeout=40)
-        for proc in (self.worker, self.redis):
+        for proc in (self.worker, self.broker_proc):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -200,10 +183,10 @@ class CelerySite:
                 fwd.close()
 
 
-def missing_parts(binary: str) -> str | None:
-    """What this machine lacks for a Celery site (scripts/test installs both), or None."""
-    if shutil.which("redis-server") is None:
-        return "redis-server is not installed: run scripts/test (apt-get install redis-server)"
+def missing_parts(binary: str, kind: str = "redis") -> str | None:
+    """What this machine lacks for a Celery site, or None."""
+    if missing := BROKERS[kind].missing():
+        return missing
     python = str(Path(binary).with_name("python"))
     probe = [python, "-c", "import airflow.providers.celery, redis"]
     if subprocess.run(probe, capture_output=True, timeout=120, check=False).returncode != 0:
@@ -212,7 +195,7 @@ def missing_parts(binary: str) -> str | None:
 
 
 @contextlib.contextmanager
-def celery_site(server: Any, root: Path) -> Iterator[CelerySite]:
+def celery_site(server: Any, root: Path, kind: str = "redis") -> Iterator[CelerySite]:
     """The broker, the worker and two candidates, each in a namespace of its own; the worker
     and the broker are up (the candidates are started by `start_cluster`)."""
     octets = random.sample(range(20, 220), 4)
@@ -223,12 +206,12 @@ def celery_site(server: Any, root: Path) -> Iterator[CelerySite]:
             name: stack.enter_context(namespace_host(octet))
             for name, octet in zip(("m1", "m2", "worker"), octets[1:], strict=True)
         }
-        site = CelerySite(db, root, broker, hosts, server.port)
+        site = CelerySite(db, root, broker, hosts, server.port, BROKERS[kind])
         stack.callback(site.close)
         for name, h in hosts.items():
             site.forwards[name] = (
                 Forwarder(h.host_ip, server.port),
-                Forwarder(h.host_ip, REDIS_PORT, target_ip=broker.ns_ip),
+                Forwarder(h.host_ip, site.kind.port, target_ip=broker.ns_ip),
             )
         site.start_broker()
         site.start_worker()

@@ -1,5 +1,5 @@
-"""CeleryExecutor with a real broker: redis-server, one `airflow celery worker` and two
-scheduler candidates, each in its own network namespace (tests/e2e/celery_site.py).
+"""CeleryExecutor with a real broker: redis-server (rabbitmq-server too), one `airflow celery
+worker` and two scheduler candidates, each in its own network namespace (celery_site.py).
 
 A failover while tasks run on the worker and others wait in the broker: the running ones
 finish once (one try, same Celery task id, adopted by the new scheduler), the queued ones
@@ -40,14 +40,24 @@ def newest_job_age(dsn: str) -> tuple[int, float]:
     return (int(found[0][0]), float(found[0][1])) if found else (0, 0.0)
 
 
-@pytest.fixture
-def site(pg_server: Any, tmp_path: Path) -> Iterator[CelerySite]:
-    missing = missing_parts(airflow_binary())
-    if missing and os.environ.get("FAILOVER_TEST_ALLOW_SKIP") == "1":
-        pytest.skip(missing)
+def open_site(server: Any, root: Path, kind: str) -> Any:
+    missing = missing_parts(airflow_binary(), kind)
+    if missing and (kind != "redis" or os.environ.get("FAILOVER_TEST_ALLOW_SKIP") == "1"):
+        pytest.skip(missing)  # rabbitmq-server is optional (scripts/test does not install it)
     if missing:
         pytest.fail(missing, pytrace=False)
-    with celery_site(pg_server, tmp_path) as s:
+    return celery_site(server, root, kind)
+
+
+@pytest.fixture
+def site(pg_server: Any, tmp_path: Path) -> Iterator[CelerySite]:
+    with open_site(pg_server, tmp_path, "redis") as s:
+        yield s
+
+
+@pytest.fixture
+def rabbit_site(pg_server: Any, tmp_path: Path) -> Iterator[CelerySite]:
+    with open_site(pg_server, tmp_path, "rabbitmq") as s:
         yield s
 
 
@@ -73,7 +83,22 @@ def test_kill9_leader_with_tasks_in_flight(site: CelerySite) -> None:
     # started, so its startup orphan check adopted the running Celery tasks at once.
     assert f.adopted == f.in_flight, f
     assert f.new_runs >= 1 and f.next_queued < 60, f
-    assert site.redis is not None and site.redis.poll() is None  # the broker stays up
+    assert site.broker_proc is not None and site.broker_proc.poll() is None  # never stopped
+
+
+@pytest.mark.celery_slow
+def test_kill9_leader_with_tasks_in_flight_on_rabbitmq(rabbit_site: CelerySite) -> None:
+    site = rabbit_site
+    c = site.make_cluster()
+    with EnvSampler(c.cluster) as procs, JobSampler(site.db.dsn, c.cluster) as jobs:
+        site.start_nodes()
+        wait_worker_ready(site)
+        f = failover_with_work_in_flight(site, "kill9", kill9(site))
+    procs.assert_clean()
+    jobs.assert_clean()
+    assert_work_kept(f)
+    assert f.adopted == f.in_flight and f.new_runs >= 1, f
+    assert site.broker_proc is not None and site.broker_proc.poll() is None
 
 
 @pytest.mark.celery_slow
