@@ -34,8 +34,9 @@ from tests.servers import PostgresServer
 
 HEADER = (
     "| scenario | run | fault -> heartbeat (s) | in flight | finished once | re-run | lost "
-    "| adopted | queued | executed | fault -> next queued (s) | beat 2nd tries | load 1 min |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| adopted | ended first | queued | executed | queued adopted | fault -> next queued (s) "
+    "| beat 2nd tries | load 1 min |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -83,7 +84,8 @@ def recover(site: CelerySite, scenario: str, f: Figures) -> None:
 def row(scenario: str, run: int, f: Figures) -> str:
     return (
         f"| {scenario} | {run} | {f.heartbeat:.2f} | {f.in_flight} | {f.finished} | {f.rerun} "
-        f"| {f.lost} | {f.adopted} | {f.queued} | {f.queued_done} | {f.next_queued:.2f} "
+        f"| {f.lost} | {f.adopted} | {f.ended_before} | {f.queued} | {f.queued_done} "
+        f"| {f.queued_adopted} | {f.next_queued:.2f} "
         f"| {f.beat_retried} | {os.getloadavg()[0]:.1f} |"
     )
 
@@ -96,8 +98,9 @@ def summary(scenario: str, figures: list[Figures]) -> str:
         f"| **{scenario}** | {len(figures)} runs | {spread([f.heartbeat for f in figures])} "
         f"| {sum(f.in_flight for f in figures)} | {sum(f.finished for f in figures)} "
         f"| {sum(f.rerun for f in figures)} | {sum(f.lost for f in figures)} "
-        f"| {sum(f.adopted for f in figures)} | {sum(f.queued for f in figures)} "
-        f"| {sum(f.queued_done for f in figures)} | {spread([f.next_queued for f in figures])} "
+        f"| {sum(f.adopted for f in figures)} | {sum(f.ended_before for f in figures)} "
+        f"| {sum(f.queued for f in figures)} | {sum(f.queued_done for f in figures)} "
+        f"| {sum(f.queued_adopted for f in figures)} | {spread([f.next_queued for f in figures])} "
         f"| {sum(f.beat_retried for f in figures)} | |"
     )
 

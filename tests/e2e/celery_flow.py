@@ -22,6 +22,7 @@ class TaskRow:
     external_executor_id: str | None
     hostname: str | None
     queued_by_job_id: int | None
+    end_date: Any = None
 
 
 @dataclass
@@ -35,8 +36,11 @@ class Figures:
     rerun: int  # ... of which ran a second time (a second try or a second record)
     lost: int  # ... of which did not succeed
     adopted: int  # ... of which the new scheduler adopted (queued_by_job_id = its job)
+    ended_before: int  # ... of which ended before the new scheduler's first queued task
+    # (so maybe before its start-up orphan check: nothing left to adopt)
     queued: int  # queued (in the broker) at the fault
     queued_done: int  # ... of which succeeded with one try
+    queued_adopted: int  # ... of which the new scheduler adopted
     new_runs: int  # `beat` DAG runs created after the fault
     beat_retried: int  # `beat` tasks on a second try since the fault (reset, not adopted)
     leader: str
@@ -46,11 +50,11 @@ class Figures:
 def snapshot(dsn: str, run_id: str) -> dict[str, TaskRow]:
     found = rows(
         dsn,
-        "SELECT task_id, state, try_number, external_executor_id, hostname, queued_by_job_id "
-        "FROM task_instance WHERE dag_id = 'slow' AND run_id = %s",
+        "SELECT task_id, state, try_number, external_executor_id, hostname, queued_by_job_id, "
+        "end_date FROM task_instance WHERE dag_id = 'slow' AND run_id = %s",
         (run_id,),
     )
-    return {str(r[0]): TaskRow(r[1], int(r[2]), r[3], r[4] or None, r[5]) for r in found}
+    return {str(r[0]): TaskRow(r[1], int(r[2]), r[3], r[4] or None, r[5], r[6]) for r in found}
 
 
 def newest_scheduler(dsn: str) -> tuple[int, str, Any] | None:
@@ -151,8 +155,15 @@ def failover_with_work_in_flight(
         rerun=sum(final[k].try_number > 1 or started.get(k, 0) > 1 for k in in_flight),
         lost=sum(final[k].state != "success" for k in in_flight),
         adopted=sum(final[k].queued_by_job_id == new[0] for k in in_flight),
+        ended_before=sum(
+            next_queued is not None
+            and final[k].end_date is not None
+            and final[k].end_date < next_queued
+            for k in in_flight
+        ),
         queued=len(queued),
         queued_done=sum(once(k) for k in queued),
+        queued_adopted=sum(final[k].queued_by_job_id == new[0] for k in queued),
         new_runs=int(new_runs),
         beat_retried=beat_retried(site.db.dsn) - retried_before,
         leader=leader,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -194,11 +195,21 @@ def missing_parts(binary: str, kind: str = "redis") -> str | None:
     return None
 
 
+def free_octets(count: int) -> list[int]:
+    """`count` distinct octets X of 10.231.X.0/30 that no veth of this host uses now (other
+    tests, soak runs among them, make namespaces at the same time)."""
+    shown = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    used = {int(m) for m in re.findall(r"inet 10\.231\.(\d+)\.", shown)}
+    return random.sample(sorted(set(range(20, 220)) - used), count)
+
+
 @contextlib.contextmanager
 def celery_site(server: Any, root: Path, kind: str = "redis") -> Iterator[CelerySite]:
     """The broker, the worker and two candidates, each in a namespace of its own; the worker
     and the broker are up (the candidates are started by `start_cluster`)."""
-    octets = random.sample(range(20, 220), 4)
+    octets = free_octets(4)
     with contextlib.ExitStack() as stack:
         db = migrated_db(server, root)
         broker = stack.enter_context(namespace_host(octets[0]))
