@@ -5,6 +5,7 @@ two candidates, each in a network namespace (tests/e2e/celery_site.py), Airflow 
                             [--broker redis|rabbitmq] [--out FILE]
                             (needs scripts/test's Airflow venv with the Celery provider)
 
+kill9_norelease: kill9 with `[airflow] release_orphans = false` (Airflow's own timing).
 Each run triggers the `slow` DAG (4 tasks of 20 s, worker concurrency 2), waits until two
 run on the worker and two wait in the broker, applies the fault to the leader, and counts:
 fault -> the new scheduler's first heartbeat; the in-flight tasks finished once / re-run /
@@ -41,7 +42,7 @@ HEADER = (
 
 
 def fault_for(site: CelerySite, scenario: str) -> Callable[[str], None]:
-    if scenario == "kill9":
+    if scenario in ("kill9", "kill9_norelease"):
         return kill9(site)
     if scenario == "partition":
         return lambda leader: site.hosts[leader].cut()
@@ -70,7 +71,7 @@ def recover(site: CelerySite, scenario: str, f: Figures) -> None:
     assert c is not None
     if scenario == "partition":
         site.hosts[f.leader].heal()
-    elif scenario == "kill9":
+    elif scenario.startswith("kill9"):
         c.procs[f.leader].wait(timeout=60)
         site.restart(f.leader)
     wait_until(
@@ -110,7 +111,8 @@ def bench(server: PostgresServer, scenario: str, runs: int, lines: list[str], br
         tempfile.TemporaryDirectory(prefix="bench-celery-") as tmp,
         celery_site(server, Path(tmp), broker) as site,
     ):
-        site.make_cluster({"max_fast_failures": "10"})
+        release = "false" if scenario == "kill9_norelease" else "true"
+        site.make_cluster({"max_fast_failures": "10", "airflow.release_orphans": release})
         site.start_nodes()
         wait_worker_ready(site)
         figures = []

@@ -25,7 +25,9 @@ from .celery_site import CelerySite, celery_site, missing_parts, rows, wait_work
 from .conftest import airflow_binary
 from .test_airflow import JobSampler
 
-pytestmark = [pytest.mark.e2e, pytest.mark.celery]
+# Set-up (migrate, worker, two schedulers) plus a 20 s task wave: more than the default 300 s
+# on a loaded 2-core machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.celery, pytest.mark.timeout(600)]
 OUTAGE = 20.0  # seconds the broker stays down after the new scheduler's first heartbeat
 THRESHOLD = 10.0  # the site's scheduler_health_check_threshold: older means a hang verdict
 
