@@ -6,7 +6,6 @@ bench/celery.py; every figure is read from the metadata DB (DB clock) and the ta
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +97,17 @@ def records(site: CelerySite, run_id: str) -> dict[str, int]:
     return counts
 
 
+@dataclass
+class Fault:
+    """What was seen at the fault and right after it."""
+
+    leader: str
+    at: Any  # DB now() just before the fault
+    tasks: dict[str, TaskRow]  # the run's task instances then
+    new_job: tuple[int, str, Any]  # the new scheduler's job row: id, hostname, start_date
+    beat_retried: int  # `beat` second tries before the fault
+
+
 def failover_with_work_in_flight(
     site: CelerySite, run_id: str, fault: Callable[[str], None], timeout: float = 240
 ) -> Figures:
@@ -105,48 +115,57 @@ def failover_with_work_in_flight(
     new scheduler and for every task of the run to end; return the figures."""
     before = wait_until(lambda: newest_scheduler(site.db.dsn), 180, "a scheduler", 0.2)
     at_fault = work_in_flight(site, run_id)
-    leader = before[1]
     retried_before = beat_retried(site.db.dsn)
     fault_at = rows(site.db.dsn, "SELECT now()")[0][0]
-    fault(leader)
+    fault(before[1])
     new = wait_until(
         lambda: (j := newest_scheduler(site.db.dsn)) and j[0] > before[0] and j,
         120,
         "a new scheduler heartbeating",
         0.1,
     )
-    end = time.monotonic() + timeout
     final = wait_until(
         lambda: (
             (s := snapshot(site.db.dsn, run_id))
             and all(t.state in ("success", "failed", "upstream_failed") for t in s.values())
             and s
         ),
-        max(1.0, end - time.monotonic()),
+        timeout,
         "every slow task to end",
         0.5,
     )
-    started = records(site, run_id)
-    in_flight = {k: t for k, t in at_fault.items() if t.state == "running"}
-    queued = {k: t for k, t in at_fault.items() if t.state == "queued"}
+    seen = Fault(before[1], fault_at, at_fault, new, retried_before)
+    return figures(site, seen, final, records(site, run_id))
+
+
+def figures(
+    site: CelerySite, seen: Fault, final: dict[str, TaskRow], started: dict[str, int]
+) -> Figures:
+    """The figures of one failover from the run's task instances before and after it."""
+    in_flight = {k: t for k, t in seen.tasks.items() if t.state == "running"}
+    queued = {k: t for k, t in seen.tasks.items() if t.state == "queued"}
+    new_id = seen.new_job[0]
 
     def once(k: str) -> bool:
         return final[k].state == "success" and final[k].try_number == 1 and started.get(k) == 1
 
     next_queued = rows(
-        site.db.dsn,
-        "SELECT min(queued_dttm) FROM task_instance WHERE queued_dttm > %s",
-        (fault_at,),
+        site.db.dsn, "SELECT min(queued_dttm) FROM task_instance WHERE queued_dttm > %s", (seen.at,)
     )[0][0]
     new_runs = rows(
         site.db.dsn,
         "SELECT count(*) FROM dag_run WHERE dag_id = 'beat' AND run_type = 'scheduled' "
         "AND queued_at > %s",
-        (fault_at,),
+        (seen.at,),
     )[0][0]
+    ended = [
+        k
+        for k in in_flight
+        if next_queued and final[k].end_date and final[k].end_date < next_queued
+    ]
     return Figures(
-        heartbeat=(new[2] - fault_at).total_seconds(),
-        next_queued=(next_queued - fault_at).total_seconds() if next_queued else float("nan"),
+        heartbeat=(seen.new_job[2] - seen.at).total_seconds(),
+        next_queued=(next_queued - seen.at).total_seconds() if next_queued else float("nan"),
         in_flight=len(in_flight),
         finished=sum(
             once(k) and final[k].external_executor_id == t.external_executor_id
@@ -154,20 +173,15 @@ def failover_with_work_in_flight(
         ),
         rerun=sum(final[k].try_number > 1 or started.get(k, 0) > 1 for k in in_flight),
         lost=sum(final[k].state != "success" for k in in_flight),
-        adopted=sum(final[k].queued_by_job_id == new[0] for k in in_flight),
-        ended_before=sum(
-            next_queued is not None
-            and final[k].end_date is not None
-            and final[k].end_date < next_queued
-            for k in in_flight
-        ),
+        adopted=sum(final[k].queued_by_job_id == new_id for k in in_flight),
+        ended_before=len(ended),
         queued=len(queued),
         queued_done=sum(once(k) for k in queued),
-        queued_adopted=sum(final[k].queued_by_job_id == new[0] for k in queued),
+        queued_adopted=sum(final[k].queued_by_job_id == new_id for k in queued),
         new_runs=int(new_runs),
-        beat_retried=beat_retried(site.db.dsn) - retried_before,
-        leader=leader,
-        new_leader=new[1],
+        beat_retried=beat_retried(site.db.dsn) - seen.beat_retried,
+        leader=seen.leader,
+        new_leader=seen.new_job[1],
     )
 
 
