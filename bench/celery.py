@@ -10,7 +10,7 @@ Each run triggers the `slow` DAG (4 tasks of 20 s, worker concurrency 2), waits 
 run on the worker and two wait in the broker, applies the fault to the leader, and counts:
 fault -> the new scheduler's first heartbeat; the in-flight tasks finished once / re-run /
 lost, and adopted by the new scheduler; the queued tasks executed; fault -> the first task
-queued after it (the `beat` DAG, every 3 s). DB clock on both ends.
+queued after it (the `beat` DAG, every 5 s). DB clock on both ends.
 """
 
 from __future__ import annotations

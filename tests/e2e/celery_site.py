@@ -72,7 +72,7 @@ class CelerySite:
             ),
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__CORE__DAGS_FOLDER=str(HERE / "dags_celery"),
-            AIRFLOW__CORE__PARALLELISM="16",
+            AIRFLOW__CORE__PARALLELISM="128",  # the `beat` backlog never fills the executor
             AIRFLOW__CELERY__BROKER_URL=self.kind.url(broker),
             AIRFLOW__CELERY__RESULT_BACKEND="db+" + dsn,
             AIRFLOW__CELERY__WORKER_CONCURRENCY=str(WORKER_CONCURRENCY),
