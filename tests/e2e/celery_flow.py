@@ -29,7 +29,7 @@ class Figures:
     """One failover with work in flight (times in seconds from the fault, DB clock)."""
 
     heartbeat: float  # the new scheduler's job row (its first heartbeat)
-    next_queued: float  # the first task instance queued after the fault
+    next_queued: float  # the first task instance queued by the new scheduler
     in_flight: int  # running on the worker at the fault
     finished: int  # ... of which succeeded with one try, run once, same Celery task id
     rerun: int  # ... of which ran a second time (a second try or a second record)
@@ -149,8 +149,12 @@ def figures(
     def once(k: str) -> bool:
         return final[k].state == "success" and final[k].try_number == 1 and started.get(k) == 1
 
+    # Only the new scheduler queues after its job row exists (the old one is gone by then; a
+    # SIGTERMed one may still queue while it shuts down, before that).
     next_queued = rows(
-        site.db.dsn, "SELECT min(queued_dttm) FROM task_instance WHERE queued_dttm > %s", (seen.at,)
+        site.db.dsn,
+        "SELECT min(queued_dttm) FROM task_instance WHERE queued_dttm >= %s",
+        (seen.new_job[2],),
     )[0][0]
     new_runs = rows(
         site.db.dsn,
