@@ -142,7 +142,7 @@ class Forwarder:
                 return
             try:
                 upstream = socket.create_connection((self.target_ip, self.port), timeout=5)
-            except OSError:  # the server is down (a broker outage): refuse this client
+            except OSError:  # the server is down (restarting, a broker outage): a reset
                 client.close()
                 continue
             for a, b in ((client, upstream), (upstream, client)):
