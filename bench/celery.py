@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.celery_flow import Figures, failover_with_work_in_flight, kill9
+from tests.e2e.celery_flow import Figures, failover_with_work_in_flight, kill9, switchover
 from tests.e2e.celery_site import CelerySite, celery_site, wait_worker_ready
 from tests.harness import wait_until
 from tests.servers import PostgresServer
@@ -47,22 +46,7 @@ def fault_for(site: CelerySite, scenario: str) -> Callable[[str], None]:
     if scenario == "partition":
         return lambda leader: site.hosts[leader].cut()
     assert scenario == "switchover", scenario
-    c = site.cluster
-    assert c is not None
-
-    def switchover(leader: str) -> None:
-        other = next(n for n in c.nodes if n != leader)
-        done = subprocess.run(
-            [sys.executable, "-m", "failover", "switchover", "--to", other, *c.client_args()],
-            env={**os.environ, **site.env(None)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-
-    return switchover
+    return switchover(site)
 
 
 def recover(site: CelerySite, scenario: str, f: Figures) -> None:

@@ -5,7 +5,10 @@ bench/celery.py; every figure is read from the metadata DB (DB clock) and the ta
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -193,5 +196,36 @@ def kill9(site: CelerySite) -> Callable[[str], None]:
     def fault(leader: str) -> None:
         assert site.cluster is not None
         site.cluster.signal(leader, signal.SIGKILL)
+
+    return fault
+
+
+class SwitchoverAbandoned(AssertionError):
+    """The controller gave the request up (the old scheduler's stop outlasted its wait)."""
+
+
+def switchover(site: CelerySite) -> Callable[[str], None]:
+    """`failover switchover --to <the other node>`, asked again (3 tries at most) when the
+    CLI could not even reach the DB on a loaded machine."""
+
+    def fault(leader: str) -> None:
+        c = site.cluster
+        assert c is not None
+        other = next(n for n in c.nodes if n != leader)
+        argv = [sys.executable, "-m", "failover", "switchover", "--to", other, *c.client_args()]
+        for _ in range(3):
+            done = subprocess.run(
+                argv,
+                env={**os.environ, **site.env(None)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if done.returncode == 0 or "cannot connect" not in done.stderr:
+                break
+        if "abandoned" in done.stderr:
+            raise SwitchoverAbandoned(done.stderr.strip())
+        assert done.returncode == 0, done.stderr
 
     return fault
