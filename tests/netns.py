@@ -110,12 +110,14 @@ def namespace_host(octet: int | None = None) -> Iterator[Host]:
 
 @dataclass
 class Forwarder:
-    """Listens on `listen_ip` (the veth's root side) and relays to 127.0.0.1:`port`; a cut
-    veth black-holes the packets, so clients see a real partition, not a closed socket."""
+    """Listens on `listen_ip` (the veth's root side) and relays to `target_ip`:`port` (a
+    loopback server, or one in another namespace); a cut veth black-holes the packets, so
+    clients see a real partition, not a closed socket."""
 
     listen_ip: str
     port: int
     listen_port: int = 0
+    target_ip: str = "127.0.0.1"
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -139,8 +141,8 @@ class Forwarder:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-            except OSError:  # the server is down (restarting): the client sees a reset
+                upstream = socket.create_connection((self.target_ip, self.port), timeout=5)
+            except OSError:  # the server is down (restarting, a broker outage): a reset
                 client.close()
                 continue
             for a, b in ((client, upstream), (upstream, client)):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import configparser
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from failover.airflow.broker import local_brokers
 
 DEFAULT_THRESHOLD = 30.0
 
@@ -53,14 +55,20 @@ def expected_hostname(env: Mapping[str, str]) -> str | None:
     return socket.getfqdn()
 
 
-def environment_warnings(env: Mapping[str, str], has_metadata_db: bool) -> list[str]:
-    """Airflow settings an operator should hear about on a candidate master."""
+def environment_warnings(
+    env: Mapping[str, str],
+    has_metadata_db: bool,
+    broker_at_home: Callable[[str], list[str]] = local_brokers,
+) -> list[str]:
+    """Airflow settings an operator should hear about on a candidate master;
+    `broker_at_home(url)` names the broker hosts that resolve to this host."""
     out: list[str] = []
     broker = airflow_setting(env, "celery", "broker_url") or ""
-    if any(h in broker for h in ("localhost", "127.0.0.1", "[::1]")):
+    here = broker_at_home(broker) if broker else []
+    if here:
         out.append(
-            "AIRFLOW__CELERY__BROKER_URL points at this host: brokers belong on their own "
-            "cluster, or losing this candidate loses the queue too"
+            f"AIRFLOW__CELERY__BROKER_URL points at this host ({', '.join(here)}): brokers "
+            "belong on their own cluster, or losing this candidate loses the queue too"
         )
     locking = (airflow_setting(env, "scheduler", "use_row_level_locking") or "true").lower()
     if has_metadata_db and locking in ("true", "1", "yes"):
