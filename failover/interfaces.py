@@ -124,6 +124,13 @@ class ElectionBackend(abc.ABC):
     def leader(self) -> LeaderInfo:
         """The current leader, if any."""
 
+    def campaign(self) -> tuple[bool, LeaderInfo | None]:
+        """A standby's tick: `try_acquire()` and, when lost, `leader()`. A backend that learns
+        both in one read overrides it (each standby asks it every loop)."""
+        if self.try_acquire():
+            return True, None
+        return False, self.leader()
+
     def tidy(self) -> None:
         """Finish what an earlier `release()` could not confirm (called on every standby tick
         that does not campaign); raises `BackendUnavailable` to be tried again next tick."""

@@ -199,9 +199,9 @@ class Standby:
     def _campaign(self, now: float) -> tuple[str, str | None]:
         started = self.clock()  # after this tick's DB read, which may have been slow
         try:
-            won = self.backend.try_acquire()
+            won, info = self.backend.campaign()
             if not won:
-                info = self.backend.leader()
+                info = info or self.backend.leader()
                 self.backend_up = True
                 self.leader, self.epoch = info.node, info.epoch
                 return f"no action: following leader {info.node} (epoch {info.epoch})", None

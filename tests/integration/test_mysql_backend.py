@@ -20,7 +20,7 @@ from failover.backends.mysql.schema import ensure_schema
 from failover.backends.mysql.session import Session, SessionTimings
 from failover.dsn import mysql_connect_args
 from failover.errors import BackendUnavailable
-from failover.interfaces import MemberState
+from failover.interfaces import LeaderInfo, MemberState
 from failover.keeper.proof import MySQLLockProof, keeper_lock_name, mysql_lock_name
 
 from ..servers import FAILOVER_PASSWORD, FAILOVER_USER, MariaDBServer
@@ -65,6 +65,33 @@ def test_lock_renew_epoch_and_leader(my_dsn: str) -> None:
         a.release()
         assert b.try_acquire() and b.bump_epoch() == 2
         assert not a.renew()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_standby_tick_costs_two_statements(my_dsn: str) -> None:
+    """A standby's campaign takes the lock or learns who holds it, and the epoch, in two
+    statements (bench/scale.py: it took four a tick: ours?, GET_LOCK, the holder, leader)."""
+    a, b = election(my_dsn, "a"), election(my_dsn, "b")
+    try:
+        assert a.try_acquire() and a.bump_epoch() == 1
+        assert not b.try_acquire()
+        sent: list[str] = []
+        query = b.lock.query
+
+        def counted(statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+            sent.append(statement)
+            return query(statement, params)
+
+        b.lock.query = counted  # type: ignore[method-assign]
+        for _ in range(3):
+            assert b.campaign() == (False, LeaderInfo("a", 1))
+        assert len(sent) == 6
+        assert a.campaign() == (True, None)  # the holder again: no second GET_LOCK
+        a.release()
+        assert b.campaign() == (True, None) and b.bump_epoch() == 2
+        assert a.campaign() == (False, LeaderInfo("b", 2)) and not a.renew()
     finally:
         a.close()
         b.close()

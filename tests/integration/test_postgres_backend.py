@@ -14,6 +14,7 @@ from failover.backends.postgres.election import PostgresElection
 from failover.backends.postgres.schema import ensure_schema
 from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import BackendUnavailable
+from failover.interfaces import LeaderInfo
 
 from ..harness import wait_until
 
@@ -50,6 +51,29 @@ def test_one_holder_epoch_and_release(pg_dsn: str, elections: list[PostgresElect
     a.release()
     assert b.try_acquire() and b.bump_epoch() == 2
     assert not a.renew()
+
+
+def test_a_standby_tick_costs_one_statement(pg_dsn: str, elections: list[PostgresElection]) -> None:
+    """A standby's campaign learns the leader and epoch from the statement that tried the
+    lock (bench/scale.py: it took five a tick: the lock, the holder, its heartbeat, the holder
+    again, the epoch)."""
+    a, b = make(elections, pg_dsn, "a"), make(elections, pg_dsn, "b")
+    assert a.try_acquire() and a.bump_epoch() == 1
+    assert not b.try_acquire()
+    sent: list[Any] = []
+    query = b.lock.query
+
+    def counted(statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
+        sent.append(statement)
+        return query(statement, params)
+
+    b.lock.query = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        assert b.campaign() == (False, LeaderInfo("a", 1))
+    assert len(sent) == 3
+    a.release()
+    assert b.campaign() == (True, None) and b.bump_epoch() == 2
+    assert a.campaign() == (False, LeaderInfo("b", 2))
 
 
 def test_no_epoch_is_taken_on_a_session_that_lost_the_lock(

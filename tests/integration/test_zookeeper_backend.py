@@ -29,7 +29,13 @@ from failover.backends.zookeeper.election import ZooKeeperElection
 from failover.backends.zookeeper.store import dump
 from failover.config import Settings, ZooKeeperSettings, validate
 from failover.errors import BackendUnavailable, ConfigError, DuplicateNode
-from failover.interfaces import ClusterFlags, ElectionBackend, MemberState, MemberStore
+from failover.interfaces import (
+    ClusterFlags,
+    ElectionBackend,
+    LeaderInfo,
+    MemberState,
+    MemberStore,
+)
 
 from ..harness import wait_until
 
@@ -239,6 +245,29 @@ def test_queue_epoch_watch_and_release(zk_open: Opener, zk_chroot: str) -> None:
     assert b.renew() and not a.renew()
     assert not a.try_acquire() and a.leader() == b.leader()
     assert contenders(zk_chroot)[-1].startswith("c_a_")  # a queued again, at the back
+
+
+def test_a_standby_tick_reads_the_queue_once(zk_open: Opener) -> None:
+    """A standby's campaign and its look at the leader share one read of the queue
+    (bench/scale.py: it read it twice a tick)."""
+    a, _ = zk_open("a")
+    b, _ = zk_open("b")
+    assert lead(a) == 1
+    assert not b.try_acquire()
+    sent: list[str] = []
+    call = b.conn.call
+
+    def counted(what: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(what)
+        return call(what, *args, **kwargs)
+
+    b.conn.call = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        assert b.campaign() == (False, LeaderInfo("a", 1))
+    assert len(sent) == 9, sent  # the queue, the watch on the predecessor, the epoch
+    a.release()
+    assert wait_until(lambda: b.campaign() == (True, None), 5, "b to win")
+    assert b.bump_epoch() == 2
 
 
 def test_negotiated_session_timeout_is_captured(

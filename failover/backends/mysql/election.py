@@ -93,22 +93,32 @@ class MySQLElection(ElectionBackend):
 
     # -- election ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
+        return self.campaign()[0]
+
+    def campaign(self) -> tuple[bool, LeaderInfo | None]:
+        """Take the lock or learn who holds it, and the epoch: two statements a standby tick
+        (where it took four)."""
         if self._holding:
-            return self.renew()
+            return self.renew(), None
         self.held_generation = None
         # Never GET_LOCK twice on one session: it is re-entrant, and one RELEASE_LOCK would
-        # then not free it.
-        if self._we_hold():
+        # then not free it. IF() evaluates one branch only: 2 = ours already, 1 = granted.
+        got = self._q(
+            "SELECT IF(IS_USED_LOCK(%s) = CONNECTION_ID(), 2, GET_LOCK(%s, 0))",
+            (self.lock_name, self.lock_name),
+        )[0][0]
+        if got == 2:
             self.held_generation = self.lock.generation
-            return True
-        if self._q("SELECT GET_LOCK(%s, 0)", (self.lock_name,))[0][0] != 1:
-            if not self._fence_vanished_holder():
-                return False
+            return True, None
+        if got != 1:
+            fenced, info = self._fence_vanished_holder()
+            if not fenced:
+                return False, info or self.leader()
             if self._q("SELECT GET_LOCK(%s, 0)", (self.lock_name,))[0][0] != 1:
-                return False
+                return False, self.leader()
         self.held_generation = self.lock.generation
         self._take_wake_lock()
-        return True
+        return True, None
 
     def _take_wake_lock(self) -> None:
         """Hold the wake lock beside leadership: standbys waiting for it wake the moment it
@@ -118,25 +128,32 @@ class MySQLElection(ElectionBackend):
         if self._q("SELECT GET_LOCK(%s, 0)", (self.wake_name,))[0][0] == 1:
             self.wake_generation = self.lock.generation
 
-    def _fence_vanished_holder(self) -> bool:
+    def _fence_vanished_holder(self) -> tuple[bool, LeaderInfo | None]:
         """KILL a holder idle (`Sleep`) past the lease whose last renew is older than the
         lease too: its host vanished and the server has not noticed (wait_timeout normally
-        ends it first; this covers a server that refused or capped it)."""
+        ends it first; this covers a server that refused or capped it). Whether it did, and
+        the leader and epoch, read by the same statement (None: the lock was free by then)."""
         rows = self._q(
             "SELECT p.ID, p.COMMAND, p.TIME, "
-            f"TIMESTAMPDIFF(MICROSECOND, c.renewed_at, NOW(6)) / 1e6, c.lease_seconds "
+            f"TIMESTAMPDIFF(MICROSECOND, c.renewed_at, NOW(6)) / 1e6, c.lease_seconds, "
+            f"c.cluster, c.leader, c.epoch "
             f"FROM information_schema.PROCESSLIST p LEFT JOIN {self.table} c ON c.cluster = %s "
             "WHERE p.ID = IS_USED_LOCK(%s)",
             (self.cluster, self.lock_name),
         )
         if not rows:
-            return False
-        conn_id, command, idle, silent, recorded = rows[0]
+            return False, None
+        conn_id, command, idle, silent, recorded, row, node, epoch = rows[0]
+        info = (
+            LeaderInfo("?", 0)
+            if row is None
+            else LeaderInfo(str(node) if node else None, int(epoch))
+        )
         lease = max(self.lease, float(recorded or 0.0))
         quiet = min(float(idle or 0), float(silent) if silent is not None else 1e9)
         if command != "Sleep" or quiet <= lease:
-            return False
-        return kill(self._q, {self.lock_name: int(conn_id)}) > 0
+            return False, info
+        return kill(self._q, {self.lock_name: int(conn_id)}) > 0, info
 
     def renew(self) -> bool:
         if not self._holding:

@@ -30,6 +30,27 @@ WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid
 """
 
 
+# A standby's whole tick in one statement: try the lock and, for when it is taken, who holds
+# it (how long its session and its member heartbeat are quiet), the recorded lease and epoch.
+# Whether the lock call runs before or after the pg_locks scan does not matter: the holder
+# columns are read only when the lock was not granted, so somebody else held it throughout.
+POLL_SQL = """
+WITH attempt AS (SELECT pg_try_advisory_lock(%s) AS won)
+SELECT (SELECT won FROM attempt), h.pid, h.application_name, h.state, h.idle_for,
+       (SELECT EXTRACT(EPOCH FROM now() - m.heartbeat_at)::float8 FROM {m} m
+        WHERE m.cluster = %s AND m.node = substring(h.application_name from '[^:]*$')),
+       c.lease_seconds, c.epoch
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT l.pid, a.application_name, a.state,
+                  EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS idle_for
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
+             AND l.objsubid = 1 AND l.granted AND l.database =
+                 (SELECT oid FROM pg_database WHERE datname = current_database())) AS h ON true
+LEFT JOIN {t} c ON c.cluster = %s
+"""
+
+
 class PostgresElection(ElectionBackend):
     """Leadership = holding `pg_try_advisory_lock(key)` on our own live session."""
 
@@ -101,47 +122,39 @@ class PostgresElection(ElectionBackend):
 
     # -- election ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
-        if self._holding:
-            return self.renew()
-        self.held_generation = None
-        if not self._q("SELECT pg_try_advisory_lock(%s)", (self.key,))[0][0]:
-            if not self._fence_vanished_holder():
-                return False
-            if not self._q("SELECT pg_try_advisory_lock(%s)", (self.key,))[0][0]:
-                return False
-        self.held_generation = self.lock.generation
-        return True
+        return self.campaign()[0]
 
-    def _fence_vanished_holder(self) -> bool:
+    def campaign(self) -> tuple[bool, LeaderInfo | None]:
+        """Try the lock; when it is taken, learn who holds it and the epoch in the same
+        statement (one statement a standby tick, where it took five)."""
+        if self._holding:
+            return self.renew(), None
+        self.held_generation = None
+        rows = self._q(
+            sql.SQL(POLL_SQL).format(m=sql.Identifier(f"{self.prefix}member"), t=self._table()),
+            (self.key, self.cluster, self.classid, self.objid, self.cluster),
+        )
+        if not rows[0][0]:
+            holders = [r[1:6] for r in rows if r[1] is not None]
+            info = self._leader_info([h[:3] for h in holders], int(rows[0][7] or 0))
+            if not self._fence_vanished_holder(holders, max(self.lease, float(rows[0][6] or 0))):
+                return False, info
+            if not self._q("SELECT pg_try_advisory_lock(%s)", (self.key,))[0][0]:
+                return False, self.leader()
+        self.held_generation = self.lock.generation
+        return True, None
+
+    def _fence_vanished_holder(self, holders: list[tuple[Any, ...]], lease: float) -> bool:
         """Terminate an idle holder whose lock session or member heartbeat is older than the
-        lease: its host vanished or its daemon froze, and the session lingers."""
-        for pid, name, state, idle_for in self._q(HOLDER_SQL, (self.classid, self.objid)):
+        lease (the longer of ours and the recorded one: a rolling restart may have given it a
+        longer one): its host vanished or its daemon froze, and the session lingers."""
+        for pid, _name, state, idle_for, heartbeat_age in holders:
             if state != "idle":
                 continue
-            quiet = max(idle_for or 0.0, self._heartbeat_age(str(name).rpartition(":")[2]))
-            # Only a holder quiet past our lease is worth looking up: a rolling restart may
-            # have given it a longer one.
-            if quiet > self.lease and quiet > self._holders_lease():
+            quiet = max(idle_for or 0.0, heartbeat_age or 0.0)
+            if quiet > self.lease and quiet > lease:
                 return self._terminate([pid]) > 0
         return False
-
-    def _holders_lease(self) -> float:
-        rows = self._q(
-            sql.SQL("SELECT lease_seconds FROM {t} WHERE cluster = %s").format(t=self._table()),
-            (self.cluster,),
-        )
-        recorded = float(rows[0][0]) if rows and rows[0][0] is not None else 0.0
-        return max(self.lease, recorded)
-
-    def _heartbeat_age(self, node: str) -> float:
-        rows = self._q(
-            sql.SQL(
-                "SELECT EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 FROM {m} "
-                "WHERE cluster = %s AND node = %s"
-            ).format(m=sql.Identifier(f"{self.prefix}member")),
-            (self.cluster, node),
-        )
-        return float(rows[0][0]) if rows else 0.0
 
     def renew(self) -> bool:
         if not self._holding:
@@ -294,7 +307,10 @@ class PostgresElection(ElectionBackend):
             sql.SQL("SELECT epoch FROM {t} WHERE cluster = %s").format(t=self._table()),
             (self.cluster,),
         )
-        epoch = int(rows[0][0]) if rows else 0
+        return self._leader_info(holders, int(rows[0][0]) if rows else 0)
+
+    @staticmethod
+    def _leader_info(holders: list[tuple[Any, ...]], epoch: int) -> LeaderInfo:
         if not holders:
             return LeaderInfo(None, epoch)
         name = str(holders[0][1])

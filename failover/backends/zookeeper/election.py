@@ -179,6 +179,20 @@ class ZooKeeperElection(ElectionBackend):
 
     # -- election ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
+        return self._try(None)
+
+    def campaign(self) -> tuple[bool, LeaderInfo | None]:
+        """A standby's tick reads the queue once, for its campaign and for the leader (three
+        requests and the member store's two, where it took four)."""
+        seen: list[list[Contender]] = []
+        if self._try(seen):
+            return True, None
+        line = seen[0] if seen else self._contenders()
+        got = self.nodes.read("read the epoch", self.conn.path("epoch"))
+        return False, LeaderInfo(line[0].node if line else None, as_int(got[0]) if got else 0)
+
+    def _try(self, seen: list[list[Contender]] | None) -> bool:
+        """`try_acquire`; the queue it read goes to `seen`."""
         sid = self._session()
         if self.contender is not None and self.contender_session != sid:
             self._drop()  # the session was lost: its ephemeral node went with it
@@ -186,6 +200,8 @@ class ZooKeeperElection(ElectionBackend):
             self._register(sid)
         assert self.contender is not None
         line = self._contenders()
+        if seen is not None:
+            seen.append(line)
         names = [c.name for c in line]
         if self.contender.name not in names:
             self._drop()
