@@ -440,7 +440,9 @@ class Controller(Standby):
             role=self.role.value,
             epoch=self.epoch,
             child_state=group.encode(
-                "warm" if warm else self.child.state.value, list(self.child.sides.values())
+                "warm" if warm else self.child.state.value,
+                list(self.child.sides.values()),
+                self.verdict.health.value if self.child.state is ChildState.RUNNING else "unknown",
             ),
             child_pid=self.child.pid,
             version=__version__,

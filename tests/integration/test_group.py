@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,6 +149,17 @@ def test_daemon_group_restarts_side_alone_and_kill9_ends_the_group(group_cluster
             return bool(comps) and comps[0]["restarts"] >= 2
 
         wait_until(side_restarted, 20, "the side component restarted twice", step=0.5)
+        text = subprocess.run(
+            [sys.executable, "-m", "failover", "status", *c.client_args()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        (row,) = [line for line in text.splitlines() if line.startswith(leader)]
+        assert text.splitlines()[1].split()[-2:] == ["HEALTH", "COMPONENTS"], text
+        # The probes write no job rows: health "unknown" for the main command and its side.
+        assert re.search(r" running +\d+ +unknown +side \w+ (\d+|-) unknown \(\d+ restarts\)", row)
         assert main_pid in tagged_processes(c.tag), "the scheduler was restarted with its side"
         exits = [r for r in read_records(c.root / "side.log") if r["word"] == "exit"]
         assert len(exits) >= 2

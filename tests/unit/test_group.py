@@ -147,13 +147,38 @@ def test_hung_side_component_is_killed_alone_by_its_own_threshold() -> None:
 
 def test_member_row_carries_the_components_for_status() -> None:
     side = Component("dag-processor", ("airflow", "dag-processor"), "running", 11, 2)
-    text = encode("running", [side])
-    assert text == "running|dag-processor:running:11:2"
+    side.health = "healthy"
+    text = encode("running", [side], "starting")
+    assert text == "running:starting|dag-processor:running:11:2:healthy"
     assert decode(text) == (
         "running",
-        [{"name": "dag-processor", "state": "running", "pid": 11, "restarts": 2}],
+        [
+            {
+                "name": "dag-processor",
+                "state": "running",
+                "pid": 11,
+                "restarts": 2,
+                "health": "healthy",
+            }
+        ],
+        "starting",
     )
-    assert decode("running") == ("running", [])
+    assert encode("running", [], "healthy") == "running"  # a lone command: as before
+    assert decode("running") == ("running", [], "unknown")
+    # A row written by a daemon before health was recorded (rolling upgrade).
+    assert decode("running|dag-processor:running:11:2") == (
+        "running",
+        [
+            {
+                "name": "dag-processor",
+                "state": "running",
+                "pid": 11,
+                "restarts": 2,
+                "health": "unknown",
+            }
+        ],
+        "unknown",
+    )
     assert job_type(["/venv/bin/airflow", "triggerer"]) == "TriggererJob"
     assert job_type(["python", "x.py"]) is None
 
@@ -168,7 +193,8 @@ def test_status_table_shows_components() -> None:
         "heartbeat_age": 0.4,
         "child": "running",
         "child_pid": 10,
-        "components": decode("running|dag-processor:running:11:2")[1],
+        "child_health": "healthy",
+        "components": decode("running:healthy|dag-processor:running:11:2:hung")[1],
     }
     status = {
         "cluster": "c",
@@ -179,4 +205,9 @@ def test_status_table_shows_components() -> None:
         "healthy_leader": True,
     }
     text = render(status)
-    assert "COMPONENTS" in text and "dag-processor running 11 (2 restarts)" in text
+    head, row = text.splitlines()[1:3]
+    assert head.split() == [
+        *("NODE", "ROLE", "EPOCH", "HEARTBEAT", "CHILD", "PID", "HEALTH", "COMPONENTS")
+    ]
+    assert row.split()[5:8] == ["running", "10", "healthy"]
+    assert "dag-processor running 11 hung (2 restarts)" in row
