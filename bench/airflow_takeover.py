@@ -271,6 +271,7 @@ def bench(
             for _ in range(runs):
                 try:
                     values.append(one_run(c, db, scenario, prewarm))
+                    print(f"{scenario} run: {' '.join(f'{v:.3f}' for v in values[-1])}", flush=True)
                 except AssertionError:
                     print(c.dump_logs(), file=sys.stderr)
                     raise

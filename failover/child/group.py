@@ -30,7 +30,7 @@ class Component:
 
     name: str
     command: tuple[str, ...]
-    state: str = "stopped"  # starting, running, backoff, stopped
+    state: str = "stopped"  # deferred, starting, running, backoff, stopped
     pid: int | None = None
     restarts: int = 0
     fast_failures: int = 0
@@ -164,10 +164,12 @@ def decode(child_state: str) -> tuple[str, list[dict[str, object]], str]:
     return main, out, main_health or "unknown"
 
 
-def group_args(sides: Mapping[str, Component]) -> list[str]:
-    """The keeper options that start the side components beside the main command."""
+def group_args(sides: Mapping[str, Component], deferred: bool = False) -> list[str]:
+    """The keeper options that start the side components beside the main command (deferred:
+    each only on `RESTART <name>`, sent once the main command is healthy)."""
     # NAME=<json argv>, as failover/keeper/group.py parses it
-    return [a for c in sides.values() for a in ("--component", f"{c.name}={json.dumps(c.command)}")]
+    args = [a for c in sides.values() for a in ("--component", f"{c.name}={json.dumps(c.command)}")]
+    return [*args, "--defer-components"] if args and deferred else args
 
 
 def due_restarts(sides: Mapping[str, Component], now: float) -> list[str]:

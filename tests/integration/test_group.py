@@ -31,7 +31,10 @@ def probe(tag: str, records: Path, *args: str) -> list[str]:
 
 
 def launch_group(
-    tmp_path: Path, side_args: tuple[str, ...] = (), stop_timeout: float = 5.0
+    tmp_path: Path,
+    side_args: tuple[str, ...] = (),
+    stop_timeout: float = 5.0,
+    extra: tuple[str, ...] = (),
 ) -> tuple[SocketKeeperLink, str, str, Path]:
     main_tag, side_tag = f"probe-{uuid.uuid4().hex[:8]}", f"probe-{uuid.uuid4().hex[:8]}"
     records = tmp_path / "records.log"
@@ -40,7 +43,7 @@ def launch_group(
         probe(main_tag, records),
         {**os.environ, "FAILOVER_NODE": "k"},
         stop_timeout,
-        ("--name", "failover:t:k", "--component", component_arg("side", side)),
+        ("--name", "failover:t:k", "--component", component_arg("side", side), *extra),
     )
     link.send(f"GO 1 {boottime() + 30:.6f}")
     return link, main_tag, side_tag, records
@@ -67,6 +70,23 @@ def test_group_starts_together_and_stops_scheduler_first(tmp_path: Path) -> None
     by_pid = {int(r["pid"]): r["word"] for r in terms}
     assert terms[0]["pid"] == str(pids(seen)["main"]), terms  # the scheduler first
     assert str(pids(seen)["side"]) in [r["pid"] for r in terms[1:]] and by_pid
+    assert not tagged_processes(main_tag) and not tagged_processes(side_tag)
+    link.cleanup()
+
+
+def test_deferred_side_starts_on_restart_only(tmp_path: Path) -> None:
+    link, main_tag, side_tag, _ = launch_group(tmp_path, extra=("--defer-components",))
+    seen = lines_until(link, "STARTED")
+    wait_until(lambda: tagged_processes(main_tag), 10, "the main probe")
+    time.sleep(0.5)
+    seen += link.read_lines()
+    assert set(pids(seen)) == {"main"} and not tagged_processes(side_tag), seen
+    link.send("RESTART side")  # what the daemon sends once the scheduler heartbeats
+    seen += lines_until(link, "STARTED")
+    assert set(pids(seen)) == {"main", "side"}, seen
+    wait_until(lambda: tagged_processes(side_tag), 10, "the side probe")
+    link.send("STOP")
+    lines_until(link, "GONE")
     assert not tagged_processes(main_tag) and not tagged_processes(side_tag)
     link.cleanup()
 
