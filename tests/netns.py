@@ -138,7 +138,11 @@ class Forwarder:
                 continue
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            except OSError:  # the server is down (restarting): the client sees a reset
+                client.close()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 self._spawn(self._pipe, a, b)
 

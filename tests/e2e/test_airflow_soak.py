@@ -1,0 +1,154 @@
+"""Soak with the real Airflow 2.11.2 scheduler (pytest -m soak tests/e2e/test_airflow_soak.py;
+FAILOVER_TEST_SOAK_MINUTES, default 30; FAILOVER_TEST_SOAK_SEED): two candidates on
+PostgreSQL, LocalExecutor, a DAG of 10 s tasks running all along, random faults of the leader
+(kill -9 / SIGTERM / SIGSTOP of its daemon, kill -9 of its scheduler, switchover). Writes
+bench/results/soak-airflow.md: faults, tries of one run that overlapped in time (must be 0),
+samplers (one child tree, one SchedulerJob heartbeating: must be clean), failed DAG runs."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ..harness import Cluster, EnvSampler, keeper_trees, wait_until
+from .conftest import DAEMON_SETTINGS, HERE, AirflowDb
+from .test_airflow import JobSampler, heartbeating, keeper_children, rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.soak]
+FAULTS = ("kill9_daemon", "sigterm_daemon", "sigstop_daemon", "kill9_scheduler", "switchover")
+REPORT = HERE.parent.parent / "bench" / "results" / "soak-airflow.md"
+
+
+def tries(records: Path) -> dict[tuple[str, str], dict[str, object]]:
+    """(run_id, try) -> {node, start, end} from the DAG's records (end missing: killed)."""
+    out: dict[tuple[str, str], dict[str, object]] = {}
+    for line in records.read_text().splitlines() if records.exists() else []:
+        run, try_number, node, word, t = line.split()
+        out.setdefault((run, try_number), {"node": node})[word] = float(t)
+    return out
+
+
+def overlapping(records: Path, kills: list[float]) -> list[str]:
+    """Tries of one run whose lifetimes overlap; a try without an end died at the first fault
+    after its start (its tree was killed) or is still running."""
+    found = []
+    by_run: dict[str, list[tuple[float, float, str]]] = {}
+    for (run, _), t in tries(records).items():
+        start = float(t["start"])  # type: ignore[arg-type]
+        end = t.get("end") or next((k for k in kills if k > start), time.time())
+        by_run.setdefault(run, []).append((start, float(end), str(t["node"])))  # type: ignore[arg-type]
+    for run, spans in by_run.items():
+        spans.sort()
+        for (_s1, e1, n1), (s2, _, n2) in itertools.pairwise(spans):
+            if s2 < e1:
+                found.append(f"{run}: {n1} until {e1:.2f}, {n2} from {s2:.2f}")
+    return found
+
+
+def last_job(dsn: str) -> int:
+    return int(
+        rows(dsn, "SELECT coalesce(max(id), 0) FROM job WHERE job_type = 'SchedulerJob'")[0][0]
+    )
+
+
+def fresh_job(dsn: str, after: int) -> bool:
+    """A SchedulerJob started after job `after` heartbeats (its first beat is its start)."""
+    sql = (
+        "SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND id > %s AND state = "
+        "'running' AND latest_heartbeat > now() - interval '2 seconds'"
+    )
+    return bool(rows(dsn, sql, (after,))[0][0])
+
+
+def inject(c: Cluster, fault: str, leader: str) -> None:
+    if fault in {"kill9_daemon", "sigterm_daemon"}:
+        c.signal(leader, signal.SIGKILL if fault == "kill9_daemon" else signal.SIGTERM)
+        c.procs[leader].wait(timeout=60)
+        c.start(leader)
+    elif fault == "sigstop_daemon":
+        c.signal(leader, signal.SIGSTOP)
+        time.sleep(10)
+        c.signal(leader, signal.SIGCONT)
+    elif fault == "kill9_scheduler":
+        for keeper, (node, _) in keeper_trees(c.cluster).items():
+            if node == leader:
+                os.kill(min(keeper_children(keeper)), signal.SIGKILL)
+    else:
+        other = next(n for n in c.nodes if n != leader)
+        argv = [sys.executable, "-m", "failover", "switchover", "--to", other, "--wait", "60"]
+        subprocess.run([*argv, *c.client_args()], capture_output=True, timeout=90, check=False)
+
+
+@pytest.mark.timeout(900 + 60 * float(os.environ.get("FAILOVER_TEST_SOAK_MINUTES", "30")))
+def test_airflow_soak(airflow_db: AirflowDb, tmp_path: Path) -> None:
+    minutes = float(os.environ.get("FAILOVER_TEST_SOAK_MINUTES", "30"))
+    seed = int(os.environ.get("FAILOVER_TEST_SOAK_SEED", "7"))
+    rng = random.Random(seed)
+    db = airflow_db
+    c = Cluster(
+        tmp_path / "daemons",
+        nodes=("m1", "m2"),
+        cluster=f"soak{uuid.uuid4().hex[:6]}",
+        settings={**DAEMON_SETTINGS, "backend": "postgres", "airflow.prewarm": "true"},
+        command=(db.binary, "scheduler", "--skip-serve-logs"),
+        env=db.env(AIRFLOW__CORE__DAGS_FOLDER=str(HERE / "dags_soak")),
+    )
+    faults: Counter[str] = Counter()
+    recoveries: list[float] = []
+    kills: list[float] = []
+    end = time.monotonic() + 60 * minutes
+    try:
+        with EnvSampler(c.cluster) as procs, JobSampler(db.dsn, c.cluster) as jobs:
+            c.start_all()
+            for _ in range(10_000):
+                leader = wait_until(lambda: heartbeating(db.dsn), 120, "a scheduler", 0.2)
+                if time.monotonic() >= end:
+                    break
+                time.sleep(rng.uniform(20, 40))  # tasks run between faults
+                leader = wait_until(lambda: heartbeating(db.dsn), 120, "a scheduler", 0.2)
+                fault = rng.choice(FAULTS)
+                faults[fault] += 1
+                kills.append(time.time())
+                newest = last_job(db.dsn)
+                t0 = time.monotonic()
+                inject(c, fault, leader)
+                wait_until(lambda n=newest: fresh_job(db.dsn, n), 120, "a new scheduler", 0.2)
+                recoveries.append(time.monotonic() - t0)
+        c.stop_all(timeout=40)
+        runs = dict(rows(db.dsn, "SELECT state, count(*) FROM dag_run GROUP BY state"))
+        retried = rows(db.dsn, "SELECT count(*) FROM task_instance WHERE try_number > 1")[0][0]
+        doubled = overlapping(db.records, kills)
+        ended = sum(1 for t in tries(db.records).values() if "end" in t)
+        REPORT.write_text(
+            f"# Soak: real Airflow 2.11.2 (LocalExecutor), two candidates on PostgreSQL\n\n"
+            f"`FAILOVER_TEST_SOAK_MINUTES={minutes:g} FAILOVER_TEST_SOAK_SEED={seed} "
+            f"python -m pytest -m soak tests/e2e/test_airflow_soak.py` "
+            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 2 cores, prewarm on, "
+            f"load average at the end {os.getloadavg()[0]:.1f})\n\n"
+            f"- faults: {dict(faults)} ({sum(faults.values())} in all)\n"
+            f"- fault -> a new SchedulerJob heartbeating, s: median "
+            f"{sorted(recoveries)[len(recoveries) // 2]:.1f}, max {max(recoveries):.1f}\n"
+            f"- task tries started {len(tries(db.records))}, finished {ended}; "
+            f"task instances with more than one try {retried}\n"
+            f"- tries of one run overlapping in time: {len(doubled)} (must be 0)\n"
+            f"- samplers: {len(procs.violations)} of {procs.samples} (one child tree), "
+            f"{len(jobs.violations)} of {jobs.samples} (one SchedulerJob heartbeating) "
+            f"(must be 0)\n"
+            f"- DAG runs by state at the end: {runs}\n"
+        )
+        print("\n" + REPORT.read_text(), file=sys.stderr)
+        procs.assert_clean()
+        jobs.assert_clean()
+        assert not doubled, doubled
+    finally:
+        c.stop_all(timeout=40)
