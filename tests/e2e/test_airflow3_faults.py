@@ -1,7 +1,8 @@
 """Real Airflow 3.3.2, one pre-warmed two-candidate group through three faults in a row: kill -9
 of the leader's daemon while a 15 s task runs on it (the task is reset at once and runs again on
 the new leader, never on two hosts at once), SIGSTOP of the new leader's daemon, and
-`failover switchover --to` back. Never two SchedulerJob or DagProcessorJob rows heartbeating.
+`failover switchover --to` back. Never two SchedulerJob or DagProcessorJob rows heartbeating;
+the dag-processor starts only after the scheduler's first job row.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ import pytest
 from ..harness import Cluster, EnvSampler, cluster_processes, wait_until
 from .conftest import AirflowDb
 from .test_airflow import JobSampler, rows, successes
-from .test_airflow3 import airflow3_db, heartbeating, make_group  # noqa: F401 (fixture)
+from .test_airflow3 import (  # noqa: F401 (airflow3_db: a fixture)
+    airflow3_db,
+    dag_processor_pid,
+    heartbeating,
+    make_group,
+)
 from .test_prewarm import events, warm_pid
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +66,24 @@ def failover_cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
 def warmed(c: Cluster, node: str) -> int:
     """How often `node` has pre-warmed a scheduler so far."""
     return len(events(c, node, "prewarm_ready"))
+
+
+def process_started(pid: int) -> float:
+    """Wall time at which `pid` started (/proc: clock ticks since boot)."""
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def scheduler_started(db: AirflowDb, node: str) -> float:
+    """Wall time of `node`'s first SchedulerJob row (same host: one clock)."""
+    sql = (
+        "SELECT extract(epoch FROM start_date) FROM job WHERE job_type = 'SchedulerJob' "
+        "AND hostname = %s ORDER BY id LIMIT 1"
+    )
+    return float(rows(db.dsn, sql, (node,))[0][0])
 
 
 def healthy_row(c: Cluster, node: str) -> str | None:
@@ -137,6 +161,8 @@ def test_orphaned_task_then_sigstop_then_switchover(
         c.start_all()
         a = wait_until(lambda: heartbeating(db.dsn, "SchedulerJob"), 120, "a scheduler", 0.2)
         b = next(n for n in c.nodes if n != a)
+        wait_until(lambda: heartbeating(db.dsn, "DagProcessorJob") == a, 120, "a's dag-proc")
+        assert process_started(dag_processor_pid(c, a)) > scheduler_started(db, a) - 0.1
         wait_until(lambda: successes(db.dsn, a) >= 1, 120, "tasks on the leader", 0.5)
         rerun = kill9_while_a_task_runs(c, db, a, b)
         c.procs[a].wait(timeout=30)
