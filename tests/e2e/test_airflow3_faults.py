@@ -44,11 +44,13 @@ def heartbeating(dsn: str, job_type: str, exclude: set[str] = frozenset()) -> st
     return found[0][0] if found and found[0][0] not in exclude else None
 
 
-def execute(dsn: str, sql: str) -> None:
+def execute(dsn: str, sql: str) -> int:
+    """Run one statement; the rows it changed."""
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql)
+            return int(cur.rowcount)
     finally:
         conn.close()
 
@@ -130,7 +132,8 @@ def warm_group(airflow3_db: AirflowDb, tmp_path: Path) -> Iterator[Cluster]:  # 
 def kill9_while_a_task_runs(c: Cluster, db: AirflowDb, leader: str, standby: str) -> float:
     """The leader dies with the `slow` task running on it: the new leader's takeover resets it
     (release_orphans) and it runs again, try 2, on the standby, after the first try's tree died."""
-    execute(db.dsn, "UPDATE dag SET is_paused = false WHERE dag_id = 'slow'")
+    unpause = "UPDATE dag SET is_paused = false WHERE dag_id = 'slow'"
+    wait_until(lambda: execute(db.dsn, unpause), 120, "the slow DAG parsed", 0.5)
     wait_until(lambda: slow_records(db), 120, "the slow task started", 0.2)
     assert slow_records(db)[0][:3] == ("start", 1, leader)
     warm_pid(c, standby, after=0)
@@ -161,6 +164,7 @@ def kill9_while_a_task_runs(c: Cluster, db: AirflowDb, leader: str, standby: str
     return again[0][3] - killed_at
 
 
+@pytest.mark.timeout(900)  # ~2 min on an idle machine; several under a shared one's load
 def test_orphaned_task_then_sigstop_then_switchover(
     warm_group: Cluster,
     airflow3_db: AirflowDb,  # noqa: F811
