@@ -134,7 +134,7 @@ def kill9_while_a_task_runs(c: Cluster, db: AirflowDb, leader: str, standby: str
     (release_orphans) and it runs again, try 2, on the standby, after the first try's tree died."""
     unpause = "UPDATE dag SET is_paused = false WHERE dag_id = 'slow'"
     wait_until(lambda: execute(db.dsn, unpause), 120, "the slow DAG parsed", 0.5)
-    wait_until(lambda: slow_records(db), 120, "the slow task started", 0.2)
+    wait_until(lambda: slow_records(db), 240, "the slow task started", 0.2)
     assert slow_records(db)[0][:3] == ("start", 1, leader)
     warm_pid(c, standby, after=0)
     killed_at = time.time()
