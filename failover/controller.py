@@ -269,6 +269,8 @@ class Controller(Standby):
         if child.state is ChildState.RUNNING and self._check_health(now) is Health.HUNG:
             child.fail(self.verdict.detail)
             return f"leader with epoch {self.epoch}: {self.verdict.detail}: killing the child", None
+        if child.state is ChildState.RUNNING and self.verdict.health is not Health.STARTING:
+            child.release_sides(now)  # deferred until the scheduler's first heartbeat
         hung = self._check_sides(now) if child.state is ChildState.RUNNING else None
         if hung:
             return f"leader with epoch {self.epoch}: {hung}", None
@@ -440,7 +442,9 @@ class Controller(Standby):
             role=self.role.value,
             epoch=self.epoch,
             child_state=group.encode(
-                "warm" if warm else self.child.state.value, list(self.child.sides.values())
+                "warm" if warm else self.child.state.value,
+                list(self.child.sides.values()),
+                self.verdict.health.value if self.child.state is ChildState.RUNNING else "unknown",
             ),
             child_pid=self.child.pid,
             version=__version__,

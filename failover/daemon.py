@@ -58,6 +58,7 @@ def child_policy(settings: Settings) -> ChildPolicy:
         backoff_max=settings.backoff_max_seconds,
         answer_seconds=settings.keeper_answer_seconds,
         ping_seconds=settings.loop_seconds,
+        defer_sides=settings.airflow.health_check and bool(settings.metadata_dsn),
     )
 
 

@@ -90,7 +90,7 @@ class Child:
         """Start a warm keeper (imports done, proof session open) so a start costs ~1 ms."""
         if not self.wants_warm(now):
             return
-        args = (*keeper_args, *group_args(self.sides), *self.warm_args)
+        args = (*keeper_args, *group_args(self.sides, self.policy.defer_sides), *self.warm_args)
         self.warm = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         self.warm_ready = False
 
@@ -166,11 +166,14 @@ class Child:
         self.warm_ready = False
         self.prewarm.gone()  # promoted (or never there): no warm process any more
         if link is None:
-            args = (*keeper_args, *group_args(self.sides))
+            args = (*keeper_args, *group_args(self.sides, self.policy.defer_sides))
             link = self.launcher.launch(self.command, env, self.policy.stop_timeout, args)
         link.send(f"GO {epoch} {run_until:.6f}")
         for side in self.sides.values():
-            side.launched(now)
+            if self.policy.defer_sides:
+                side.state, side.pid, side.started_at = "deferred", None, None
+            else:
+                side.launched(now)
         self.link = link
         self.state = ChildState.STARTING
         self.epoch = epoch
@@ -211,6 +214,16 @@ class Child:
         self.stop_sent = word
         self.link.send(word)
         self.state = ChildState.STOPPING
+
+    def release_sides(self, now: float) -> None:
+        """Start the deferred side components (the main command is healthy, or cannot be
+        judged): `RESTART <name>` to the keeper, which starts them in its session."""
+        if self.link is None or self.state is not ChildState.RUNNING or self.stop_sent:
+            return
+        for side in self.sides.values():
+            if side.state == "deferred":
+                side.launched(now)
+                self.link.send(f"RESTART {side.name}")
 
     def fail(self, reason: str) -> None:
         """Kill a child that runs but is unhealthy; it counts toward the crash-loop limit."""

@@ -30,7 +30,7 @@ class Component:
 
     name: str
     command: tuple[str, ...]
-    state: str = "stopped"  # starting, running, backoff, stopped
+    state: str = "stopped"  # deferred, starting, running, backoff, stopped
     pid: int | None = None
     restarts: int = 0
     fast_failures: int = 0
@@ -77,7 +77,7 @@ class Component:
             return "", ""
         code = int(arg) if arg.lstrip("-").isdigit() else None
         if ending:
-            self.state, self.pid, self.exit_code = "stopped", None, code
+            self.state, self.pid, self.exit_code, self.health = "stopped", None, code, "unknown"
             return "", ""
         why = self.failing or f"exited with {code}"
         fast_seconds, initial, cap, max_fast = rule
@@ -134,36 +134,42 @@ def components(group: Sequence[tuple[str, Sequence[str]]]) -> list[Component]:
     return [Component(name, tuple(argv)) for name, argv in group[1:]]
 
 
-def encode(child_state: str, sides: Sequence[Component]) -> str:
-    """The member row's child state with the side components appended, for `status`:
-    `running|dag-processor:running:4242:0` (name:state:pid:restarts, comma-separated)."""
+def encode(child_state: str, sides: Sequence[Component], health: str = "unknown") -> str:
+    """The member row's child state with the main command's health and the side components
+    appended, for `status`: `running:healthy|dag-processor:running:4242:0:healthy`
+    (name:state:pid:restarts:health, comma-separated). A lone command: its state alone."""
     if not sides:
         return child_state
-    parts = [f"{c.name}:{c.state}:{c.pid or '-'}:{c.restarts}" for c in sides]
-    return f"{child_state}|{','.join(parts)}"
+    parts = [f"{c.name}:{c.state}:{c.pid or '-'}:{c.restarts}:{c.health}" for c in sides]
+    return f"{child_state}:{health}|{','.join(parts)}"
 
 
-def decode(child_state: str) -> tuple[str, list[dict[str, object]]]:
-    """(main state, side components) from a member row's child state."""
+def decode(child_state: str) -> tuple[str, list[dict[str, object]], str]:
+    """(main state, side components, main health) from a member row's child state; rows of
+    daemons before health was written read as health `unknown`."""
     main, _, rest = child_state.partition("|")
+    main, _, main_health = main.partition(":")
     out: list[dict[str, object]] = []
     for part in filter(None, rest.split(",")):
-        name, state, pid, restarts = [*part.split(":"), "", "", ""][:4]
+        name, state, pid, restarts, health = [*part.split(":"), "", "", "", ""][:5]
         out.append(
             {
                 "name": name,
                 "state": state,
                 "pid": int(pid) if pid.isdigit() else None,
                 "restarts": int(restarts) if restarts.isdigit() else 0,
+                "health": health or "unknown",
             }
         )
-    return main, out
+    return main, out, main_health or "unknown"
 
 
-def group_args(sides: Mapping[str, Component]) -> list[str]:
-    """The keeper options that start the side components beside the main command."""
+def group_args(sides: Mapping[str, Component], deferred: bool = False) -> list[str]:
+    """The keeper options that start the side components beside the main command (deferred:
+    each only on `RESTART <name>`, sent once the main command is healthy)."""
     # NAME=<json argv>, as failover/keeper/group.py parses it
-    return [a for c in sides.values() for a in ("--component", f"{c.name}={json.dumps(c.command)}")]
+    args = [a for c in sides.values() for a in ("--component", f"{c.name}={json.dumps(c.command)}")]
+    return [*args, "--defer-components"] if args and deferred else args
 
 
 def due_restarts(sides: Mapping[str, Component], now: float) -> list[str]:

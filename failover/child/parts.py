@@ -81,6 +81,9 @@ class ChildPolicy:
     backoff_max: float
     answer_seconds: float = 0.0  # a keeper silent this long is presumed stuck (0: never)
     ping_seconds: float = 1.0  # ask an idle keeper this often (the loop period)
+    # Side components start once the main command is judged healthy (its first job row), so
+    # they do not compete with its start-up for the cores (see Child.release_sides).
+    defer_sides: bool = False
 
 
 @dataclass

@@ -272,6 +272,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
     )
     p.add_argument("--component", action="append", default=[], help="NAME=<json argv>")
+    p.add_argument(
+        "--defer-components", action="store_true", help="start them on RESTART <name> only"
+    )
     p.add_argument("--alive-file", help="write CLOCK_BOOTTIME here every second (--check reads)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return parse_with_command(p, argv)
@@ -385,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
     keeper.alive = alive
     keeper.daemon_pid = daemon_pid
-    keeper.group = Group.of(args.component, keeper.send)
+    keeper.group = Group.of(args.component, keeper.send, args.defer_components)
     keeper.feed(early)
     signal.signal(signal.SIGTERM, lambda *_: keeper.begin_stop("keeper got SIGTERM"))
     if proof is not None and not proof.prepare():

@@ -49,15 +49,23 @@ class Side:
 class Group:
     """Side components started after the main child; restarted one at a time on request."""
 
-    def __init__(self, components: Sequence[tuple[str, list[str]]], send: Callable[[str], None]):
+    def __init__(
+        self,
+        components: Sequence[tuple[str, list[str]]],
+        send: Callable[[str], None],
+        deferred: bool = False,
+    ):
         self.sides = {name: Side(name, argv) for name, argv in components}
         self.send = send
         self.env: Mapping[str, str] = {}
+        self.deferred = deferred  # start_all starts none: the daemon sends RESTART for each
 
     @classmethod
-    def of(cls, args: Sequence[str], send: Callable[[str], None]) -> Group | None:
+    def of(
+        cls, args: Sequence[str], send: Callable[[str], None], deferred: bool = False
+    ) -> Group | None:
         """From the keeper's `--component` options; None without any."""
-        return cls([parse_component(a) for a in args], send) if args else None
+        return cls([parse_component(a) for a in args], send, deferred) if args else None
 
     def command(self, word: str, name: str, running: bool) -> None:
         """`KILL <name>` ends that component (its process group); `RESTART <name>` starts it
@@ -68,8 +76,9 @@ class Group:
             self.start(name)
 
     def start_all(self, env: Mapping[str, str]) -> None:
+        """Start every side component, or (deferred) only keep `env` for their RESTART."""
         self.env = env
-        for name in self.sides:
+        for name in self.sides if not self.deferred else ():
             self.start(name)
 
     def start(self, name: str) -> None:

@@ -29,13 +29,15 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
             "role": m.role if m.heartbeat_age < stale_after or m.role == "stopped" else "unknown",
             "epoch": m.epoch,
             "heartbeat_age": round(m.heartbeat_age, 2),
-            "child": decode(m.child_state)[0],
+            "child": child,
             "child_pid": m.child_pid,
-            "components": decode(m.child_state)[1],
+            "components": sides,
+            **({"child_health": health} if sides else {}),
             "version": m.version,
             "last": m.sentence,
         }
         for m in members
+        for child, sides, health in [decode(m.child_state)]
     ]
     leaders = [r for r in rows if r["role"] == "leader"]
     healthy = len(leaders) == 1 and leaders[0]["child"] == "running"
@@ -65,8 +67,11 @@ def render(status: dict[str, Any]) -> str:
         for m in status["members"]
     ]
     if any(m.get("components") for m in status["members"]):
-        head = (*head, "COMPONENTS")
-        rows = [(*r, _components(m)) for r, m in zip(rows, status["members"], strict=True)]
+        head = (*head, "HEALTH", "COMPONENTS")
+        rows = [
+            (*r, m.get("child_health", "-"), _components(m))
+            for r, m in zip(rows, status["members"], strict=True)
+        ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         f"cluster {status['cluster']} ({status['backend']})"
@@ -83,11 +88,13 @@ def render(status: dict[str, Any]) -> str:
 
 
 def _components(member: dict[str, Any]) -> str:
-    """`dag-processor running 4242 (1 restart)`, one per side component, for the table."""
+    """`dag-processor running 4242 healthy (1 restarts)`, one per side component, for the
+    table (the main command's state, pid and health have their own columns)."""
     out = []
     for c in member.get("components") or []:
         restarts = f" ({c['restarts']} restarts)" if c["restarts"] else ""
-        out.append(f"{c['name']} {c['state']} {c['pid'] or '-'}{restarts}")
+        health = c.get("health", "unknown")
+        out.append(f"{c['name']} {c['state']} {c['pid'] or '-'} {health}{restarts}")
     return "; ".join(out) or "-"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,10 @@ def probe(tag: str, records: Path, *args: str) -> list[str]:
 
 
 def launch_group(
-    tmp_path: Path, side_args: tuple[str, ...] = (), stop_timeout: float = 5.0
+    tmp_path: Path,
+    side_args: tuple[str, ...] = (),
+    stop_timeout: float = 5.0,
+    extra: tuple[str, ...] = (),
 ) -> tuple[SocketKeeperLink, str, str, Path]:
     main_tag, side_tag = f"probe-{uuid.uuid4().hex[:8]}", f"probe-{uuid.uuid4().hex[:8]}"
     records = tmp_path / "records.log"
@@ -39,7 +43,7 @@ def launch_group(
         probe(main_tag, records),
         {**os.environ, "FAILOVER_NODE": "k"},
         stop_timeout,
-        ("--name", "failover:t:k", "--component", component_arg("side", side)),
+        ("--name", "failover:t:k", "--component", component_arg("side", side), *extra),
     )
     link.send(f"GO 1 {boottime() + 30:.6f}")
     return link, main_tag, side_tag, records
@@ -66,6 +70,23 @@ def test_group_starts_together_and_stops_scheduler_first(tmp_path: Path) -> None
     by_pid = {int(r["pid"]): r["word"] for r in terms}
     assert terms[0]["pid"] == str(pids(seen)["main"]), terms  # the scheduler first
     assert str(pids(seen)["side"]) in [r["pid"] for r in terms[1:]] and by_pid
+    assert not tagged_processes(main_tag) and not tagged_processes(side_tag)
+    link.cleanup()
+
+
+def test_deferred_side_starts_on_restart_only(tmp_path: Path) -> None:
+    link, main_tag, side_tag, _ = launch_group(tmp_path, extra=("--defer-components",))
+    seen = lines_until(link, "STARTED")
+    wait_until(lambda: tagged_processes(main_tag), 10, "the main probe")
+    time.sleep(0.5)
+    seen += link.read_lines()
+    assert set(pids(seen)) == {"main"} and not tagged_processes(side_tag), seen
+    link.send("RESTART side")  # what the daemon sends once the scheduler heartbeats
+    seen += lines_until(link, "STARTED")
+    assert set(pids(seen)) == {"main", "side"}, seen
+    wait_until(lambda: tagged_processes(side_tag), 10, "the side probe")
+    link.send("STOP")
+    lines_until(link, "GONE")
     assert not tagged_processes(main_tag) and not tagged_processes(side_tag)
     link.cleanup()
 
@@ -148,6 +169,17 @@ def test_daemon_group_restarts_side_alone_and_kill9_ends_the_group(group_cluster
             return bool(comps) and comps[0]["restarts"] >= 2
 
         wait_until(side_restarted, 20, "the side component restarted twice", step=0.5)
+        text = subprocess.run(
+            [sys.executable, "-m", "failover", "status", *c.client_args()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        (row,) = [line for line in text.splitlines() if line.startswith(leader)]
+        assert text.splitlines()[1].split()[-2:] == ["HEALTH", "COMPONENTS"], text
+        # The probes write no job rows: health "unknown" for the main command and its side.
+        assert re.search(r" running +\d+ +unknown +side \w+ (\d+|-) unknown \(\d+ restarts\)", row)
         assert main_pid in tagged_processes(c.tag), "the scheduler was restarted with its side"
         exits = [r for r in read_records(c.root / "side.log") if r["word"] == "exit"]
         assert len(exits) >= 2

@@ -293,9 +293,21 @@ def test_schema_concurrent_and_migrates(my_dsn: str) -> None:
         t.join(timeout=30)
     assert not errors
     query(my_dsn, "ALTER TABLE failover_cluster DROP COLUMN switchover_result")
+    # Tables of an older version: child_state was VARCHAR(64), too short for a group's
+    # components with their health (a strict server refuses the whole heartbeat).
+    query(my_dsn, "ALTER TABLE failover_member MODIFY child_state VARCHAR(64) NOT NULL")
     make()
     cols = {r[0] for r in query(my_dsn, "SHOW COLUMNS FROM failover_cluster")}
     assert {"switchover_result", "fenced_epoch", "renewed_at", "server_started"} <= cols
+    store = MySQLMembers(my_dsn, "c", "failover_", 3.0, 2.0)
+    try:
+        state = "running:healthy|" + ",".join(
+            f"{name}:running:4194303:12:healthy" for name in ("dag-processor", "triggerer")
+        )
+        store.heartbeat(MemberState("a", "leader", 3, state, 42, "0.1", "no action"))
+        assert [m.child_state for m in store.members()] == [state]
+    finally:
+        store.close()
 
 
 def test_member_store(my_dsn: str) -> None:

@@ -3,6 +3,8 @@ health, and how `status` shows them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from failover.airflow.health import HealthPolicy, JobRow
@@ -147,13 +149,38 @@ def test_hung_side_component_is_killed_alone_by_its_own_threshold() -> None:
 
 def test_member_row_carries_the_components_for_status() -> None:
     side = Component("dag-processor", ("airflow", "dag-processor"), "running", 11, 2)
-    text = encode("running", [side])
-    assert text == "running|dag-processor:running:11:2"
+    side.health = "healthy"
+    text = encode("running", [side], "starting")
+    assert text == "running:starting|dag-processor:running:11:2:healthy"
     assert decode(text) == (
         "running",
-        [{"name": "dag-processor", "state": "running", "pid": 11, "restarts": 2}],
+        [
+            {
+                "name": "dag-processor",
+                "state": "running",
+                "pid": 11,
+                "restarts": 2,
+                "health": "healthy",
+            }
+        ],
+        "starting",
     )
-    assert decode("running") == ("running", [])
+    assert encode("running", [], "healthy") == "running"  # a lone command: as before
+    assert decode("running") == ("running", [], "unknown")
+    # A row written by a daemon before health was recorded (rolling upgrade).
+    assert decode("running|dag-processor:running:11:2") == (
+        "running",
+        [
+            {
+                "name": "dag-processor",
+                "state": "running",
+                "pid": 11,
+                "restarts": 2,
+                "health": "unknown",
+            }
+        ],
+        "unknown",
+    )
     assert job_type(["/venv/bin/airflow", "triggerer"]) == "TriggererJob"
     assert job_type(["python", "x.py"]) is None
 
@@ -168,7 +195,8 @@ def test_status_table_shows_components() -> None:
         "heartbeat_age": 0.4,
         "child": "running",
         "child_pid": 10,
-        "components": decode("running|dag-processor:running:11:2")[1],
+        "child_health": "healthy",
+        "components": decode("running:healthy|dag-processor:running:11:2:hung")[1],
     }
     status = {
         "cluster": "c",
@@ -179,4 +207,60 @@ def test_status_table_shows_components() -> None:
         "healthy_leader": True,
     }
     text = render(status)
-    assert "COMPONENTS" in text and "dag-processor running 11 (2 restarts)" in text
+    head, row = text.splitlines()[1:3]
+    assert head.split() == [
+        *("NODE", "ROLE", "EPOCH", "HEARTBEAT", "CHILD", "PID", "HEALTH", "COMPONENTS")
+    ]
+    assert row.split()[5:8] == ["running", "10", "healthy"]
+    assert "dag-processor running 11 hung (2 restarts)" in row
+
+
+def test_side_components_start_once_the_scheduler_heartbeats() -> None:
+    """With `defer_sides` the keeper starts the dag-processor only on `RESTART`, sent once
+    the scheduler's first job row is seen: it does not compete with its start-up."""
+    rig = make_rig()
+    jobs = FakeJobs()
+    side = Component("dag-processor", ("airflow", "dag-processor"))
+    rig.child.sides = {side.name: side}
+    rig.child.policy = dataclasses.replace(POLICY, defer_sides=True)
+    rig.controller = Controller(
+        cluster="c1",
+        node="n1",
+        backend=rig.backend,
+        store=rig.store,
+        child=rig.child,
+        clock=rig.clock,
+        timings=rig.controller.t,
+        base_env={},
+        health=jobs,
+        health_policy=HealthPolicy(threshold=30.0, startup_grace=60.0),
+    )
+    started(rig)  # type: ignore[arg-type]
+    assert rig.launcher.args[-1][-1] == "--defer-components"
+    for _ in range(3):  # no SchedulerJob row yet: the scheduler is starting
+        rig.clock.advance(1)
+        rig.controller.tick()
+        assert side.state == "deferred" and "RESTART dag-processor" not in rig.launcher.last.sent
+    jobs.row = JobRow(42, "h", 0.2)
+    rig.clock.advance(1)
+    assert rig.controller.tick().sentence == "no action: I am the leader with epoch 1"
+    assert rig.launcher.last.sent.count("RESTART dag-processor") == 1
+    assert side.state == "starting" and side.started_at == rig.clock()
+    rig.launcher.last.inbox.append("STARTED 11 dag-processor")
+    rig.clock.advance(1)
+    rig.controller.tick()
+    assert (side.state, side.pid) == ("running", 11)
+    assert rig.launcher.last.sent.count("RESTART dag-processor") == 1
+
+
+def test_deferred_sides_are_released_only_while_the_main_runs() -> None:
+    child, launcher = make()
+    child.policy = dataclasses.replace(POLICY, defer_sides=True)
+    child.start(0, 1, 99.0, {})
+    assert launcher.args[-1][-1] == "--defer-components"
+    child.release_sides(0.05)  # not running yet: nothing to release
+    assert "RESTART dag-processor" not in launcher.last.sent
+    launcher.last.inbox.append("STARTED 10")
+    child.poll(0.1)
+    child.release_sides(0.1)
+    assert launcher.last.sent[-1] == "RESTART dag-processor"

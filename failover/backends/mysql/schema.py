@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 from failover.backends.mysql.session import Session
 from failover.errors import BackendUnavailable
@@ -41,7 +42,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], str]] = {
             ("node", "VARCHAR(191) NOT NULL"),
             ("role", "VARCHAR(64) NOT NULL"),
             ("epoch", "BIGINT NOT NULL"),
-            ("child_state", "VARCHAR(64) NOT NULL"),
+            # the group's components and health (`status`); was VARCHAR(64), widened in place
+            ("child_state", "VARCHAR(500) NOT NULL"),
             ("child_pid", "INT NULL"),
             ("version", "VARCHAR(64) NOT NULL"),
             ("sentence", "VARCHAR(500) NOT NULL DEFAULT ''"),
@@ -95,14 +97,22 @@ def ensure_schema(session: Session, prefix: str) -> None:
             session.query(statement)
         for table, (columns, _) in TABLES.items():
             rows = session.query(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+                "SELECT COLUMN_NAME, CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS "
                 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
                 (f"{prefix}{table}",),
             )
-            have = {str(r[0]).lower() for r in rows}
+            have = {str(r[0]).lower(): r[1] for r in rows}
             for column, kind in columns:
                 if column not in have:
                     session.query(f"ALTER TABLE `{prefix}{table}` ADD COLUMN `{column}` {kind}")
+                elif _narrower(have[column], kind):
+                    session.query(f"ALTER TABLE `{prefix}{table}` MODIFY `{column}` {kind}")
     finally:
         with contextlib.suppress(BackendUnavailable):
             session.query("DO RELEASE_LOCK(%s)", (name,))
+
+
+def _narrower(length: object, kind: str) -> bool:
+    """Whether a VARCHAR column of `length` characters is shorter than `kind` declares."""
+    wanted = re.match(r"VARCHAR\((\d+)\)", kind)
+    return wanted is not None and isinstance(length, int) and length < int(wanted.group(1))
