@@ -50,18 +50,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.takeover import boottime, exec_time
+from bench.takeover import LEASE, SETTINGS, boottime, exec_time  # the takeover bench's timings
 from tests.harness import Cluster, DbSampler, Sampler, keepers, read_records
 from tests.netns import Forwarder, Host, namespace_host
 
-LEASE = 5.0
-SETTINGS = {
-    "lease_seconds": str(LEASE),
-    "loop_seconds": "1",
-    "backend_timeout_seconds": "1",
-    "self_fence_margin_seconds": "1",
-    "stop_timeout_seconds": "10",
-}
 COMMON = ("kill9_daemon", "sigterm_daemon", "sigstop_daemon", "kill9_child", "kill9_keeper")
 FAULTS = {
     "local": (*COMMON, "switchover", "pause_resume"),
