@@ -7,7 +7,6 @@ their keepers) over N minutes, local backend, default timings.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -16,26 +15,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scalestats import children_of, cpu_seconds
 from failover.keeper import proctree
 from tests.harness import Cluster
 
-TICK = os.sysconf("SC_CLK_TCK")
-
 
 def cpu_and_rss(pid: int) -> tuple[float, int]:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICK  # utime + stime of the process itself
-    rss_kib = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss_kib = int(line.split()[1])
-    return cpu, rss_kib
-
-
-def keepers_of(daemon: int) -> list[int]:
-    return [p for p, (_, ppid, _) in proctree.snapshot().items() if ppid == daemon]
+    """CPU seconds of the process itself and its RSS in KiB."""
+    return cpu_seconds(pid), proctree.rss_bytes(pid) // 1024
 
 
 def main() -> int:
@@ -78,7 +65,7 @@ def main() -> int:
             rows = []
             for n, pid in pids.items():
                 cpu, rss = cpu_and_rss(pid)
-                keeper_rss = sum(cpu_and_rss(k)[1] for k in keepers_of(pid))
+                keeper_rss = sum(cpu_and_rss(k)[1] for k in children_of(pid))
                 rows.append(
                     f"| {n} | {wall / 60:.1f} | {rss / 1024:.1f} | {peak[n] / 1024:.1f} | "
                     f"{100 * (cpu - start[n]) / wall:.2f} | {keeper_rss / 1024:.1f} |"

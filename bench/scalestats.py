@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from failover.keeper import proctree
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -33,26 +35,11 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return proctree.rss_bytes(pid) / 2**20
 
 
 def children_of(pid: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if int(_stat(int(name))[1]) == pid:
-                    out.append(int(name))
-            except (OSError, IndexError):
-                continue
-    return out
+    return [p for p, (_, ppid, _) in proctree.snapshot().items() if ppid == pid]
 
 
 def tree_cpu(pid: int) -> float:

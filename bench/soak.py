@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.takeover import LEASE, SETTINGS, boottime, exec_time  # the takeover bench's timings
+from failover.keeper import proctree
 from tests.harness import Cluster, DbSampler, Sampler, keepers, read_records
 from tests.netns import Forwarder, Host, namespace_host
 
@@ -99,17 +100,6 @@ class Setup:
     member_loss: Callable[[float, random.Random], None] | None = None
     client: list[str] = field(default_factory=list)  # settings for CLI commands
     db_dsn: str | None = None  # for the DB-session sampler
-
-
-def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 Endpoints = dict[str, dict[str, str]]  # node -> its settings (and the probe's --pg-dsn)
@@ -321,8 +311,8 @@ def soak(setup: Setup, report: Report, rng: random.Random) -> None:
         if time.monotonic() >= end:
             break
         if time.monotonic() >= next_rss:
-            kb = rss_kb(c.procs[LONG_LIVED].pid)
-            if kb is not None:
+            kb = proctree.rss_bytes(c.procs[LONG_LIVED].pid) // 1024
+            if kb:
                 report.rss.append(((time.monotonic() - begin) / 60, kb))
             next_rss += 30
         settled = settle(c, report, "the previous fault")
@@ -437,7 +427,7 @@ def run(backend: str, minutes: float, seed: int) -> tuple[str, list[str]]:
         try:
             c.start_all()
             soak(setup, report, rng)
-            report.rss_end = {n: rss_kb(p.pid) or 0 for n, p in c.procs.items()}
+            report.rss_end = {n: proctree.rss_bytes(p.pid) // 1024 for n, p in c.procs.items()}
             left = leftovers(c)
         finally:
             c.stop_all()

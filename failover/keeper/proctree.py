@@ -26,6 +26,18 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return rest[0], int(rest[1]), int(rest[3])
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def exited(pid: int, wait: float) -> bool:
     """Whether `pid` has exited (gone, or a zombie), waiting up to `wait` s for it."""
     end = time.monotonic() + wait

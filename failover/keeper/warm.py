@@ -59,17 +59,6 @@ def airflow_python(command: Sequence[str], env: Mapping[str, str]) -> tuple[str 
     return words[0], ""
 
 
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def fingerprint(paths: Sequence[str]) -> str:
     """What a warm process was built from: the identity of the files it watches."""
     blob = json.dumps([list(paths), identity(paths)])
@@ -205,7 +194,7 @@ class Warm:
         self.failures = 0
         report = {
             "seconds": info.get("seconds"),
-            "rss_bytes": _rss_bytes(self.proc.pid),
+            "rss_bytes": proctree.rss_bytes(self.proc.pid),
             "airflow": info.get("airflow"),
             "fingerprint": self.print,
         }
