@@ -50,7 +50,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.takeover import LEASE, SETTINGS, boottime, exec_time  # the takeover bench's timings
+from bench.takeover import (
+    LEASE,
+    SETTINGS,
+    boottime,
+    exec_time,
+    first_start_after,
+)  # the takeover bench's timings
 from failover.keeper import proctree
 from tests.harness import Cluster, DbSampler, Sampler, keepers, read_records
 from tests.netns import Forwarder, Host, namespace_host
@@ -267,13 +273,6 @@ def wait_for_start(c: Cluster, t0: float, quiet: float) -> None:
     end = time.monotonic() + quiet
     while time.monotonic() < end and first_start_after(c, t0) is None:
         time.sleep(0.1)
-
-
-def first_start_after(c: Cluster, t0: float) -> dict[str, str] | None:
-    for r in read_records(c.records):
-        if r["word"] == "start" and float(r["t"]) > t0:
-            return r
-    return None
 
 
 @dataclass

@@ -75,14 +75,18 @@ def exec_time(pid: int) -> float:
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-def new_start_after(cluster: Cluster, t: float, exclude: str) -> dict[str, str]:
-    def find() -> dict[str, str] | None:
-        for r in read_records(cluster.records):
-            if r["word"] == "start" and float(r["t"]) > t and r["node"] != exclude:
-                return r
-        return None
+def first_start_after(cluster: Cluster, t: float, exclude: str = "") -> dict[str, str] | None:
+    """The first child start recorded after `t` (boottime) on a node other than `exclude`."""
+    for r in read_records(cluster.records):
+        if r["word"] == "start" and float(r["t"]) > t and r["node"] != exclude:
+            return r
+    return None
 
-    found: dict[str, str] = wait_until(find, 30, "a new child start")
+
+def new_start_after(cluster: Cluster, t: float, exclude: str) -> dict[str, str]:
+    found: dict[str, str] = wait_until(
+        lambda: first_start_after(cluster, t, exclude), 30, "a new child start"
+    )
     return found
 
 

@@ -318,10 +318,10 @@ def _warm_standby(pid: int) -> bool:
     """A pre-warmed scheduler still waiting for GO (runs nothing, holds no DB session): named
     `failover-warmup`/`failover-warm`, titled `... [warm standby]`, or not yet named (the
     interpreter still starting failover/airflow/prewarm.py)."""
-    comm, argv = _comm(pid), _cmdline(pid)
-    starting = comm.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
+    name, argv = comm(pid), cmdline(pid)
+    starting = name.startswith(b"python") and len(argv) > 1 and argv[1].endswith(b"prewarm.py")
     titled = b"[warm standby]" in b" ".join(argv)  # its `ps` title until GO
-    return comm in (WARMING_NAME, WARM_NAME) or starting or titled
+    return name in (WARMING_NAME, WARM_NAME) or starting or titled
 
 
 def alive(pid: int) -> bool:
@@ -333,7 +333,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def _cmdline(pid: int) -> list[bytes]:
+def cmdline(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().split(b"\0")
@@ -341,7 +341,7 @@ def _cmdline(pid: int) -> list[bytes]:
         return []
 
 
-def _comm(pid: int) -> bytes:
+def comm(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             return f.read().strip()
@@ -372,7 +372,7 @@ def keepers(cluster: str) -> Iterator[tuple[int, str, set[int]]]:
             members = proctree.tree_members(pid, [pid])
             # A fork of the keeper that has not exec'd yet (its command line is the keeper's,
             # or empty while execve replaces it) runs keeper code, not a child.
-            members = {p for p in members if _cmdline(p) not in (argv, [b""], [])}
+            members = {p for p in members if cmdline(p) not in (argv, [b""], [])}
             yield pid, label.decode().rsplit(":", 1)[1], members
 
 
@@ -380,7 +380,7 @@ def warm_processes(cluster: str) -> dict[int, str]:
     """pid -> node of every pre-warmed scheduler of `cluster` ready and waiting for GO."""
     found: dict[int, str] = {}
     for _, node, members in keepers(cluster):
-        found.update({p: node for p in members if _comm(p) == WARM_NAME})
+        found.update({p: node for p in members if comm(p) == WARM_NAME})
     return found
 
 

@@ -8,7 +8,6 @@ samplers (one child tree, one SchedulerJob heartbeating: must be clean), failed 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ..harness import Cluster, EnvSampler, keeper_trees, wait_until
+from ..harness import Cluster, EnvSampler, cmdline, comm, keeper_trees, wait_until
 from .conftest import DAEMON_SETTINGS, HERE, AirflowDb
 from .test_airflow import JobSampler, heartbeating, keeper_children, rows
 
@@ -69,18 +68,6 @@ class TreeSampler(EnvSampler):
         if outcome:
             outcome += " " + repr({p: (comm(p), cmdline(p)[:4]) for p in self.processes()})
         return outcome
-
-
-def comm(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    return "?"
-
-
-def cmdline(pid: int) -> list[str]:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-    return []
 
 
 def last_job(dsn: str) -> int:
