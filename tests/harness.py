@@ -129,6 +129,19 @@ class Sampler(Periodic):
         return f"{sorted(owners)} {procs}" if len(owners) > 1 else None
 
 
+def sent_statements(session: Any) -> list[Any]:
+    """From now on, every statement `session.query` sends is appended to the returned list."""
+    sent: list[Any] = []
+    query = session.query
+
+    def counted(statement: Any, params: Any = None) -> Any:
+        sent.append(statement)
+        return query(statement, params)
+
+    session.query = counted
+    return sent
+
+
 def read_records(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []

@@ -85,7 +85,9 @@ def adopted_or_ended(f: Figures) -> bool:
     return f.adopted + f.ended_before >= f.in_flight and f.adopted + f.queued_adopted >= 1
 
 
-def test_kill9_leader_with_tasks_in_flight(site: CelerySite) -> None:
+def kill9_with_work_in_flight(site: CelerySite) -> Figures:
+    """Kill -9 the leader daemon with tasks running and queued; samplers clean, work kept,
+    the broker never stopped."""
     c = site.make_cluster()
     with EnvSampler(c.cluster) as procs, JobSampler(site.db.dsn, c.cluster) as jobs:
         site.start_nodes()
@@ -94,26 +96,22 @@ def test_kill9_leader_with_tasks_in_flight(site: CelerySite) -> None:
     procs.assert_clean()
     jobs.assert_clean()
     assert_work_kept(f)
+    assert site.broker_proc is not None and site.broker_proc.poll() is None  # never stopped
+    return f
+
+
+def test_kill9_leader_with_tasks_in_flight(site: CelerySite) -> None:
+    f = kill9_with_work_in_flight(site)
     # [airflow] release_orphans failed the dead scheduler's job row before the new one
     # started, so its startup orphan check adopted the running Celery tasks at once.
     assert adopted_or_ended(f), f
     assert f.new_runs >= 1 and f.next_queued < 60, f
-    assert site.broker_proc is not None and site.broker_proc.poll() is None  # never stopped
 
 
 @pytest.mark.celery_slow
 def test_kill9_leader_with_tasks_in_flight_on_rabbitmq(rabbit_site: CelerySite) -> None:
-    site = rabbit_site
-    c = site.make_cluster()
-    with EnvSampler(c.cluster) as procs, JobSampler(site.db.dsn, c.cluster) as jobs:
-        site.start_nodes()
-        wait_worker_ready(site)
-        f = failover_with_work_in_flight(site, "kill9", kill9(site))
-    procs.assert_clean()
-    jobs.assert_clean()
-    assert_work_kept(f)
+    f = kill9_with_work_in_flight(rabbit_site)
     assert adopted_or_ended(f) and f.new_runs >= 1, f
-    assert site.broker_proc is not None and site.broker_proc.poll() is None
 
 
 @pytest.mark.celery_slow

@@ -23,6 +23,7 @@ from failover.errors import BackendUnavailable
 from failover.interfaces import LeaderInfo, MemberState
 from failover.keeper.proof import MySQLLockProof, keeper_lock_name, mysql_lock_name
 
+from ..harness import sent_statements
 from ..servers import FAILOVER_PASSWORD, FAILOVER_USER, MariaDBServer
 
 pytestmark = pytest.mark.integration
@@ -77,14 +78,7 @@ def test_a_standby_tick_costs_two_statements(my_dsn: str) -> None:
     try:
         assert a.try_acquire() and a.bump_epoch() == 1
         assert not b.try_acquire()
-        sent: list[str] = []
-        query = b.lock.query
-
-        def counted(statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-            sent.append(statement)
-            return query(statement, params)
-
-        b.lock.query = counted  # type: ignore[method-assign]
+        sent = sent_statements(b.lock)
         for _ in range(3):
             assert b.campaign() == (False, LeaderInfo("a", 1))
         assert len(sent) == 6

@@ -16,7 +16,7 @@ from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import BackendUnavailable
 from failover.interfaces import LeaderInfo
 
-from ..harness import wait_until
+from ..harness import sent_statements, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +60,7 @@ def test_a_standby_tick_costs_one_statement(pg_dsn: str, elections: list[Postgre
     a, b = make(elections, pg_dsn, "a"), make(elections, pg_dsn, "b")
     assert a.try_acquire() and a.bump_epoch() == 1
     assert not b.try_acquire()
-    sent: list[Any] = []
-    query = b.lock.query
-
-    def counted(statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
-        sent.append(statement)
-        return query(statement, params)
-
-    b.lock.query = counted  # type: ignore[method-assign]
+    sent = sent_statements(b.lock)
     for _ in range(3):
         assert b.campaign() == (False, LeaderInfo("a", 1))
     assert len(sent) == 3
