@@ -62,33 +62,13 @@ from tests.harness import Cluster, DbSampler, Sampler, keepers, read_records
 from tests.netns import Forwarder, Host, namespace_host
 
 COMMON = ("kill9_daemon", "sigterm_daemon", "sigstop_daemon", "kill9_child", "kill9_keeper")
+LOCAL = (*COMMON, "switchover", "pause_resume")
+NETWORKED = (*LOCAL, "partition", "slow_backend", "server_restart")
 FAULTS = {
-    "local": (*COMMON, "switchover", "pause_resume"),
-    "postgres": (
-        *COMMON,
-        "switchover",
-        "pause_resume",
-        "partition",
-        "slow_backend",
-        "server_restart",
-    ),
-    "mysql": (
-        *COMMON,
-        "switchover",
-        "pause_resume",
-        "partition",
-        "slow_backend",
-        "server_restart",
-    ),
-    "zookeeper": (
-        *COMMON,
-        "switchover",
-        "pause_resume",
-        "partition",
-        "slow_backend",
-        "server_restart",
-        "member_loss",
-    ),
+    "local": LOCAL,
+    "postgres": NETWORKED,
+    "mysql": NETWORKED,
+    "zookeeper": (*NETWORKED, "member_loss"),
 }
 DAEMON_KILLS = ("kill9_daemon", "sigterm_daemon")
 LONG_LIVED = "n3"
@@ -342,15 +322,7 @@ def soak(setup: Setup, report: Report, rng: random.Random) -> None:
 
 def leftovers(c: Cluster) -> int:
     """SIGTERM every daemon, wait; count probe processes and keepers still alive."""
-    for proc in c.procs.values():
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGTERM)
-    for proc in c.procs.values():
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    c.stop_all(timeout=30, kill_leftovers=False)
     time.sleep(1)
     return len(c.live_children()) + len(list(keepers(c.cluster)))
 

@@ -257,7 +257,9 @@ class Cluster:
     def signal(self, node: str, sig: int) -> None:
         self.procs[node].send_signal(sig)
 
-    def stop_all(self, timeout: float = 20.0) -> None:
+    def stop_all(self, timeout: float = 20.0, kill_leftovers: bool = True) -> None:
+        """SIGTERM every daemon (continued first), SIGKILL one that outlives `timeout`; then,
+        unless told not to, SIGKILL any probe process still alive."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -271,6 +273,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        if not kill_leftovers:
+            return
         # Nothing of ours may outlive the test, whatever happened.
         for pid in self.live_children():
             try:
