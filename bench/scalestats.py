@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from failover.keeper import proctree
+from tests.harness import cmdline
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -63,14 +64,6 @@ def pss_mb(pid: int) -> float:
 def tree_rss(pid: int) -> float:
     """Memory of a server and its children, as the sum of their PSS."""
     return pss_mb(pid) + sum(pss_mb(c) for c in children_of(pid))
-
-
-def cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
 
 
 def environ_node(pid: int) -> str:

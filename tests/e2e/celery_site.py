@@ -22,25 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from ..harness import Cluster, wait_until
 from ..netns import Forwarder, Host, namespace_host
 from .brokers import BROKERS, Broker
 from .conftest import DAEMON_SETTINGS, HERE, AirflowDb, migrated_db
+from .test_airflow import rows
 
 NODES = ("m1", "m2")
 WORKER_CONCURRENCY = 2
-
-
-def rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 @dataclass

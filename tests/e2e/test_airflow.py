@@ -84,7 +84,7 @@ def keeper_children(keeper: int) -> list[int]:
 
 
 def rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn)
+    conn = psycopg2.connect(dsn, connect_timeout=5)
     try:
         with conn.cursor() as cur:
             cur.execute(sql, params)
