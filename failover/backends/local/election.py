@@ -60,6 +60,7 @@ def _lock_is_held(path: Path) -> bool:
 
 
 SETUP_WAIT = 10.0  # seconds a new store waits for another daemon's schema set-up
+SETUP_RETRY = 0.05  # seconds between set-up attempts answered "locked" at once
 
 
 class LocalStore:
@@ -85,17 +86,34 @@ class LocalStore:
                 f"cannot create {self.dir}: {err.strerror}",
                 "pick a writable directory",
             ) from err
+        # Daemons started together race for the one-time WAL switch and schema: that takes
+        # up to SETUP_WAIT (start-up, not a tick), every later call `timeout`. SQLite answers
+        # some of those races "locked" at once, not after its busy wait (two connections
+        # switching the journal mode of a new file): the whole set-up is tried again.
+        deadline = time.monotonic() + (timeout if read_only else max(timeout, SETUP_WAIT))
+        for _ in range(int(SETUP_WAIT / SETUP_RETRY) + 2):
+            try:
+                self.db = self._connect(deadline - time.monotonic(), timeout, read_only)
+                return
+            except sqlite3.OperationalError as err:
+                if time.monotonic() + SETUP_RETRY >= deadline or "locked" not in str(err):
+                    raise BackendUnavailable(f"local store {self.db_path}: {err}") from err
+            except sqlite3.Error as err:
+                raise BackendUnavailable(f"local store {self.db_path}: {err}") from err
+            time.sleep(SETUP_RETRY)
+
+    def _connect(self, wait: float, timeout: float, read_only: bool) -> sqlite3.Connection:
+        """One attempt at the set-up: waits up to `wait` for locks, then `timeout` a call."""
+        db = sqlite3.connect(self.db_path, timeout=max(wait, timeout), isolation_level=None)
         try:
-            # Daemons started together race for the one-time WAL switch and schema: that
-            # waits up to SETUP_WAIT (start-up, not a tick), every later call `timeout`.
-            wait = timeout if read_only else max(timeout, SETUP_WAIT)
-            self.db = sqlite3.connect(self.db_path, timeout=wait, isolation_level=None)
             if not read_only:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.executescript(SCHEMA)
-                self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        except sqlite3.Error as err:
-            raise BackendUnavailable(f"local store {self.db_path}: {err}") from err
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def alive_path(self, node: str) -> Path:
         return self.dir / f"{self.cluster}.{node}.alive"
