@@ -20,6 +20,7 @@ from typing import Any
 import pymysql
 import pymysql.constants.CLIENT
 
+from failover.backends.mysql.tls import Connection
 from failover.dsn import mysql_connect_args, scrub
 from failover.errors import BackendUnavailable
 from failover.interfaces import RECONNECT_MAX_SECONDS
@@ -182,7 +183,7 @@ class Session:
         args = mysql_connect_args(self.dsn)
         if self.password is not None:
             args["password"] = self.password()
-        conn: Any = pymysql.connect(
+        conn: Any = Connection(  # pymysql.connect, with a TLS context shared by all
             **args,
             connect_timeout=t.connect_timeout,
             read_timeout=t.call_limit,
