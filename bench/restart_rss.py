@@ -68,7 +68,9 @@ def probe_dump(pid: int, out_dir: Path) -> str:
     return "(no probe answer)"
 
 
-def server(backend: str, stack: contextlib.ExitStack) -> tuple[dict[str, str], Callable[[], None]]:
+def server(
+    backend: str, stack: contextlib.ExitStack, fault: str = "restart"
+) -> tuple[dict[str, str], Callable[[], None]]:
     if backend == "mysql":
         from tests.servers import FAILOVER_PASSWORD, FAILOVER_USER, MariaDBServer
 
@@ -77,7 +79,18 @@ def server(backend: str, stack: contextlib.ExitStack) -> tuple[dict[str, str], C
         stack.callback(my.close)
         my.create_database("t_rss")
         dsn = my.dsn("t_rss", user=FAILOVER_USER, password=FAILOVER_PASSWORD)
-        return {"backend": "mysql", "mysql.dsn": dsn}, my.restart
+        if fault == "restart":
+            return {"backend": "mysql", "mysql.dsn": dsn}, my.restart
+
+        def kill_sessions() -> None:
+            ids = my.query(
+                f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{FAILOVER_USER}'"
+            )
+            for (conn_id,) in ids:
+                with contextlib.suppress(Exception):
+                    my.query(f"KILL CONNECTION {int(conn_id)}")
+
+        return {"backend": "mysql", "mysql.dsn": dsn}, kill_sessions
     from tests.servers import PostgresServer
 
     pg = PostgresServer()
@@ -91,13 +104,14 @@ def main() -> int:
     ap.add_argument("--backend", choices=("mysql", "postgres"), default="mysql")
     ap.add_argument("--restarts", type=int, default=14)
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--fault", choices=("restart", "kill"), default="restart")
     ap.add_argument("--settle", type=float, default=3 * LEASE, help="seconds after a restart")
     ap.add_argument("--probe", action="store_true", help="load bench/rssprobe in the daemons")
     ap.add_argument("--smaps", action="store_true", help="print the mappings that grew")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="restart-rss-")))
-        settings, restart = server(args.backend, stack)
+        settings, restart = server(args.backend, stack, args.fault)
         nodes = tuple(f"n{i + 1}" for i in range(args.nodes))
         c = Cluster(tmp, nodes=nodes, settings={**SETTINGS, **settings}, cluster="rss")
         if args.probe:
