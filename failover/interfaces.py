@@ -177,8 +177,17 @@ class ElectionBackend(abc.ABC):
 class MemberStore(abc.ABC):
     """The controller's own records: member heartbeats, history, operator flags."""
 
+    # True when `heartbeat_and_flags` is one statement: the tick then folds a due heartbeat
+    # into its flags read. Else the two stay apart (a slow first call ends the tick's DB work).
+    one_statement_heartbeat = False
+
     @abc.abstractmethod
     def heartbeat(self, state: MemberState) -> None: ...
+
+    def heartbeat_and_flags(self, state: MemberState) -> ClusterFlags:
+        """Write our member row, then read the operator flags."""
+        self.heartbeat(state)
+        return self.flags()
 
     @abc.abstractmethod
     def members(self) -> list[MemberRecord]: ...

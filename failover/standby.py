@@ -59,7 +59,7 @@ class Standby:
         raise NotImplementedError
 
     def _stand(self, now: float) -> tuple[str, str | None]:
-        self.records.read_flags()
+        self.records.read_flags(now, self.t.loop)
         self.switch_note = ""
         if self.shutting_down and self.child.gone:
             return "standby: nothing to stop", None
