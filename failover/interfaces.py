@@ -158,7 +158,8 @@ class ElectionBackend(abc.ABC):
         return None
 
     def poll_interval(self) -> float | None:
-        """How often `changed()` is worth calling when there is no descriptor."""
+        """How often `changed()` is worth calling when there is no descriptor, or when news
+        already came in with a statement's answer (PostgreSQL's NOTIFY)."""
         return None
 
     def changed(self) -> bool:
