@@ -14,9 +14,8 @@ from typing import Any
 import pymysql.connections
 import pytest
 
-from failover.backends.mysql.election import MySQLElection
 from failover.backends.mysql.members import MySQLMembers
-from failover.backends.mysql.session import Session
+from failover.backends.mysql.session import Session, SessionTimings
 from failover.backends.mysql.tls import Connection, settings_key, shared_context
 from failover.errors import BackendUnavailable
 from failover.interfaces import MemberState
@@ -46,19 +45,16 @@ class ContextCount:
         monkeypatch.setattr(ssl, "create_default_context", counted)
 
 
-def sessions(election: MySQLElection, members: MySQLMembers) -> list[Session]:
-    return [election.lock, election.watch.session, members.session]
-
-
-def use_all(
-    election: MySQLElection, members: MySQLMembers, state: MemberState, count: ContextCount
-) -> bool:
-    """One standby's work: campaign, wait on the wake lock, heartbeat. True when all worked."""
+def use_all(sessions: list[Session], members: MySQLMembers, count: ContextCount) -> bool:
+    """A daemon's sessions at work (lock, watch, member store): True when every one answered."""
+    state = MemberState("b", "standby", 0, "none", None, "test")
     count.counting = True
     try:
-        election.campaign()
+        for s in sessions:
+            s.next_attempt = 0.0  # no reconnect backoff: every call here tries to connect
+            s.query("SELECT 1")
         members.heartbeat(state)
-        return election.watch_fd() is not None
+        return True
     except BackendUnavailable:
         return False
     finally:
@@ -71,34 +67,26 @@ def test_sessions_share_one_tls_context_through_restarts(
     server: MariaDBServer = my_factory()
     server.create_database("t_tls")
     dsn = server.dsn("t_tls", user=FAILOVER_USER, password=FAILOVER_PASSWORD)
-    holder = MySQLElection(dsn, "c", "a", 3.0, 0.5, "failover_")
-    standby = MySQLElection(dsn, "c", "b", 3.0, 0.5, "failover_")
+    timings = SessionTimings(3.0, 0.5)
     members = MySQLMembers(dsn, "c", "failover_", 3.0, 0.5)
-    state = MemberState("b", "standby", 0, "none", None, "test")
+    sessions = [Session(dsn, timings, lock_session=True), Session(dsn, timings), members.session]
+    count = ContextCount(monkeypatch)
     try:
-        count = ContextCount(monkeypatch)
-        assert holder.try_acquire()
-        assert use_all(standby, members, state, count)
+        assert use_all(sessions, members, count)
         threads, first = threading.active_count(), count.built
-        generation = standby.lock.generation
         for _ in range(RESTARTS):
             server.stop()
-            for _ in range(6):  # connects that fail while the server is down
-                for s in sessions(standby, members):
-                    s.next_attempt = 0.0
-                assert not use_all(standby, members, state, count)
+            for _ in range(5):  # connects that fail while the server is down
+                assert not use_all(sessions, members, count)
             server.start()
-            for s in sessions(standby, members):
-                s.next_attempt = 0.0
-            wait_until(lambda: use_all(standby, members, state, count), 20, "the sessions back")
-        assert standby.lock.generation >= generation + RESTARTS  # it did reconnect each time
-        contexts = {id(s.conn.ctx) for s in sessions(standby, members)}
-        assert len(contexts) == 1, "every connection shares one TLS context"
+            wait_until(lambda: use_all(sessions, members, count), 20, "the sessions back")
+        assert all(s.generation >= RESTARTS + 1 for s in sessions)  # reconnected each time
+        assert len({id(s.conn.ctx) for s in sessions}) == 1, "one TLS context for all"
         assert count.built == first, f"{count.built - first} TLS contexts built by reconnects"
         assert threading.active_count() == threads  # the one watchdog thread
     finally:
-        for closeable in (holder, standby, members):
-            closeable.close()
+        for s in sessions:
+            s.close()
 
 
 def test_a_replaced_ca_file_is_read_again(tmp_path: Path) -> None:
