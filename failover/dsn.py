@@ -178,16 +178,18 @@ def mysql_connect_args(dsn: str) -> dict[str, Any]:
     }
     if params.get("unix_socket"):
         args["unix_socket"] = params["unix_socket"]
-    ssl: dict[str, Any] = {}
-    for key in ("ssl_ca", "ssl_cert", "ssl_key"):
-        if params.get(key):
-            ssl[key.removeprefix("ssl_")] = params[key]
+    # As keyword arguments: given `ssl_verify_cert` / `ssl_verify_identity`, PyMySQL rebuilds
+    # its TLS settings from `ssl_ca` / `ssl_cert` / `ssl_key` alone (an `ssl` dict is dropped,
+    # and the system's CA store would be trusted instead of the configured bundle).
+    files = {key: params[key] for key in ("ssl_ca", "ssl_cert", "ssl_key") if params.get(key)}
     mode = params.get("ssl_mode", "").lower()
     verify = params.get("ssl_verify_identity", "").lower() in TRUE_WORDS
-    if ssl or mode in ("required", "verify_ca", "verify_identity"):
-        args["ssl"] = ssl or {"ca": None}
-        args["ssl_verify_cert"] = "ca" in ssl or mode in ("verify_ca", "verify_identity")
+    if files or mode in ("required", "verify_ca", "verify_identity"):
+        args.update(files)
+        args["ssl_verify_cert"] = "ssl_ca" in files or mode in ("verify_ca", "verify_identity")
         args["ssl_verify_identity"] = verify or mode == "verify_identity"
+        if not files and not args["ssl_verify_cert"]:
+            args["ssl"] = {"ca": None}  # `ssl_mode=required`: encrypted, not verified
     return args
 
 

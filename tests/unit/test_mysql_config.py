@@ -82,7 +82,25 @@ def test_tls_options_and_plain_text_warning() -> None:
     assert err.value.field == "mysql.ssl_verify_identity"
     args = mysql_connect_args("mysql://u:p%40ss@db:3307/a?ssl_ca=/ca.pem&ssl_verify_identity=1")
     assert args["password"] == "p@ss" and args["port"] == 3307
-    assert args["ssl"] == {"ca": "/ca.pem"} and args["ssl_verify_identity"] is True
+    assert args["ssl_ca"] == "/ca.pem" and args["ssl_verify_identity"] is True
+
+
+def test_the_configured_ca_bundle_is_the_one_trusted() -> None:
+    """PyMySQL builds its TLS context from our arguments: the DSN's `ssl_ca` (one CA here),
+    not the system's whole store; `ssl_mode=required` alone encrypts without verifying."""
+    import ssl
+    from pathlib import Path
+
+    import pymysql
+
+    one_ca = sorted(Path("/etc/ssl/certs").glob("*.pem"))[0]
+    dsn = f"mysql://u@db.example/a?ssl_ca={one_ca}&ssl_verify_identity=1"
+    conn = pymysql.connections.Connection(**mysql_connect_args(dsn), defer_connect=True)
+    assert conn.ctx.cert_store_stats()["x509_ca"] == 1
+    assert conn.ctx.verify_mode == ssl.CERT_REQUIRED and conn.ctx.check_hostname
+    args = mysql_connect_args("mysql://u@db.example/a?ssl_mode=REQUIRED")
+    conn = pymysql.connections.Connection(**args, defer_connect=True)
+    assert conn.ssl and conn.ctx.verify_mode == ssl.CERT_NONE
 
 
 def test_secrets_manager_json_for_mysql() -> None:
