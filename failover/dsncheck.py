@@ -62,8 +62,9 @@ def check_mysql(settings: Settings, warnings: list[str]) -> None:
             )
         if not tls and not is_loopback(info.host):
             warnings.append(
-                f"{label}: no TLS to remote host {info.host}: credentials and data travel in "
-                "clear text (set [mysql] ssl_ca)"
+                f"{label}: no verified TLS to remote host {info.host}: credentials and data "
+                "travel in clear text, or encrypted to an unverified server where it offers TLS "
+                "(set [mysql] ssl_ca)"
             )
 
 

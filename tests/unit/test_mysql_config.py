@@ -64,7 +64,7 @@ def test_proxy_refused_unless_allowed() -> None:
 
 def test_tls_options_and_plain_text_warning() -> None:
     s = load(backend="mysql", **{"mysql.dsn": "mysql://u:pw@db.example/airflow"})
-    assert any("no TLS" in w for w in s.warnings)
+    assert any("no verified TLS" in w for w in s.warnings)
     s = load(
         backend="mysql",
         **{
@@ -73,7 +73,7 @@ def test_tls_options_and_plain_text_warning() -> None:
             "mysql.ssl_verify_identity": "true",
         },
     )
-    assert not any("no TLS" in w for w in s.warnings)
+    assert not any("no verified TLS" in w for w in s.warnings)
     with pytest.raises(ConfigError) as err:
         load(
             backend="mysql",
