@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -190,6 +191,7 @@ def main() -> int:
     p.add_argument(
         "--sides", default="dag-processor", help="Airflow 3: the group beside the scheduler"
     )
+    p.add_argument("--keep-logs", default="", help="copy the daemons' logs into this directory")
     args = p.parse_args()
     server = PostgresServer()
     server.start()
@@ -214,7 +216,13 @@ def main() -> int:
         for prewarm in args.prewarm.split(","):
             for scenario in args.scenarios.split(","):
                 values = bench(
-                    server, scenario, args.runs, prewarm == "on", args.airflow, args.sides
+                    server,
+                    scenario,
+                    args.runs,
+                    prewarm == "on",
+                    args.airflow,
+                    args.sides,
+                    args.keep_logs,
                 )
                 lines.append(f"| {scenario} | {prewarm} | {len(values)} | {spread(values, 0)} |")
                 print(lines[-1], flush=True)
@@ -248,6 +256,7 @@ def bench(
     prewarm: bool,
     major: int = 2,
     sides: str = "dag-processor",
+    keep_logs: str = "",
 ) -> list[tuple[float, ...]]:
     with tempfile.TemporaryDirectory(prefix="bench-af-") as tmp, contextlib.ExitStack() as stack:
         db = migrated_db(server, Path(tmp), major)
@@ -282,7 +291,9 @@ def bench(
                     if not values[-1]:
                         values.pop()
                         continue
-                    print(f"{scenario} run: {' '.join(f'{v:.3f}' for v in values[-1])}", flush=True)
+                    runs_at = time.strftime("%H:%M:%S", time.gmtime())
+                    numbers = " ".join(f"{v:.3f}" for v in values[-1])
+                    print(f"{scenario} run: {numbers} (ended {runs_at} UTC)", flush=True)
                 except AssertionError:
                     print(c.dump_logs(), file=sys.stderr)
                     raise
@@ -290,6 +301,8 @@ def bench(
             return values
         finally:
             c.stop_all(timeout=40)
+            if keep_logs:
+                shutil.copytree(c.root, Path(keep_logs) / f"{scenario}-{c.cluster}")
 
 
 if __name__ == "__main__":

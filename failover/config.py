@@ -70,6 +70,14 @@ class MySQLSettings:
     ssl_verify_identity: bool = field(
         default=False, metadata=_doc("with ssl_ca: check the server's host name too")
     )
+    wake: bool = field(
+        default=True,
+        metadata=_doc(
+            "a standby's session waits in GET_LOCK for the leader's wake lock, so standbys act "
+            "at once on a release; false saves that connection (standbys see a release at "
+            "their next tick)"
+        ),
+    )
 
 
 @dataclass(frozen=True)

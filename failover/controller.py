@@ -123,7 +123,7 @@ class Controller(Standby):
     def _lead(self, now: float) -> tuple[str, str | None]:
         held = self._renew(now)
         # Only now the metadata DB: a hang there cannot come between two renews twice.
-        self.records.read_flags()
+        self.records.read_flags(now, self.t.loop)
         if self.role is Role.DEMOTING:
             return self._finish_demote(now)
         if held is False:

@@ -158,7 +158,8 @@ class ElectionBackend(abc.ABC):
         return None
 
     def poll_interval(self) -> float | None:
-        """How often `changed()` is worth calling when there is no descriptor."""
+        """How often `changed()` is worth calling when there is no descriptor, or when news
+        already came in with a statement's answer (PostgreSQL's NOTIFY)."""
         return None
 
     def changed(self) -> bool:
@@ -177,8 +178,17 @@ class ElectionBackend(abc.ABC):
 class MemberStore(abc.ABC):
     """The controller's own records: member heartbeats, history, operator flags."""
 
+    # True when `heartbeat_and_flags` is one statement: the tick then folds a due heartbeat
+    # into its flags read. Else the two stay apart (a slow first call ends the tick's DB work).
+    one_statement_heartbeat = False
+
     @abc.abstractmethod
     def heartbeat(self, state: MemberState) -> None: ...
+
+    def heartbeat_and_flags(self, state: MemberState) -> ClusterFlags:
+        """Write our member row, then read the operator flags."""
+        self.heartbeat(state)
+        return self.flags()
 
     @abc.abstractmethod
     def members(self) -> list[MemberRecord]: ...

@@ -15,7 +15,10 @@ from failover.interfaces import ClusterFlags, MemberState, MemberStore
 
 
 class Records:
-    """One tick's view of the member store; `failed` is reset by `read_flags()`."""
+    """One tick's view of the member store; `failed` is reset by `read_flags()`.
+
+    A steady member writes its heartbeat with the flags read at the start of a tick (one
+    statement where the store can) and again at the end only if what its row shows changed."""
 
     def __init__(
         self,
@@ -32,15 +35,35 @@ class Records:
         self.failed = False  # the store failed us earlier in this tick
         self.last_heartbeat: float | None = None
         self.last_written: Hashable | None = None
+        self.last_state: tuple[Hashable, MemberState] | None = None  # how the last tick ended
 
-    def read_flags(self) -> None:
-        """The first store call of a tick: keeps the last known flags if it fails."""
+    def read_flags(self, now: float | None = None, every: float = 0.0) -> None:
+        """The first store call of a tick: keeps the last known flags if it fails. With `now`,
+        a store that can (`one_statement_heartbeat`) writes a heartbeat due by then in the same
+        statement, showing the state the previous tick ended in."""
         self.failed = False
+        last = self._due_with_flags(now, every)
 
         def read() -> None:
-            self.flags = self.store.flags()
+            if last is None:
+                self.flags = self.store.flags()
+            else:
+                self.flags = self.store.heartbeat_and_flags(last[1])
 
-        self._run(read)
+        if self._run(read) and last is not None:
+            self.last_heartbeat = now
+            self.last_written = last[0]
+
+    def _due_with_flags(
+        self, now: float | None, every: float
+    ) -> tuple[Hashable, MemberState] | None:
+        """The state to write with the flags: a heartbeat is due and the store does both in
+        one statement (the first tick has no state yet: it writes at its end)."""
+        if now is None or self.last_state is None or not self.store.one_statement_heartbeat:
+            return None
+        if self.last_heartbeat is not None and now - self.last_heartbeat < every:
+            return None
+        return self.last_state
 
     def call(self, call: Callable[[], None]) -> bool:
         """A best-effort store call, skipped when the store failed us in this tick; whether
@@ -55,6 +78,7 @@ class Records:
 
     def heartbeat(self, now: float, every: float, shown: Hashable, state: MemberState) -> None:
         """Write our member row when `every` seconds passed or what it shows changed."""
+        self.last_state = (shown, state)
         due = self.last_heartbeat is None or now - self.last_heartbeat >= every
         if (not due and shown == self.last_written) or self.failed:
             return  # (a store that failed this tick is tried again next tick, not twice now)

@@ -59,7 +59,7 @@ class Standby:
         raise NotImplementedError
 
     def _stand(self, now: float) -> tuple[str, str | None]:
-        self.records.read_flags()
+        self.records.read_flags(now, self.t.loop)
         self.switch_note = ""
         if self.shutting_down and self.child.gone:
             return "standby: nothing to stop", None
@@ -108,9 +108,11 @@ class Standby:
 
     def _cooldown_lifted(self) -> bool:
         """After stepping down for a switchover, the cool-down only kept us out of the
-        target's way: once the request is decided (won or abandoned) we may campaign."""
-        decided = self.flags.switchover_to is None or bool(self.switch_note)
-        return self.demote_reason == "switchover" and decided
+        target's way: once the request is decided (won or abandoned), or a new one names us
+        as its target (a switchover back), we may campaign."""
+        target = self.flags.switchover_to
+        decided = target is None or bool(self.switch_note)
+        return self.demote_reason == "switchover" and (decided or target == self.node)
 
     def _hold_for_switchover(self, now: float) -> str | None:
         """While another member should take a pending switchover: why we hold back. None to

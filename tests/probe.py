@@ -1,7 +1,7 @@
 """A probe child for tests: records start/stop, forks grandchildren that try to escape.
 
 python tests/probe.py --tag TAG --record FILE [--fork N] [--escape pgid|session]
-    [--ignore-term] [--exit-after S] [--exit-code C] [--fail-on-node NODE]
+    [--ignore-term | --drop-first-term] [--exit-after S] [--exit-code C] [--fail-on-node NODE]
 Every process carries TAG in its command line, so a sampler can find the whole tree.
 """
 
@@ -45,6 +45,7 @@ def main() -> int:
     p.add_argument("--fork", type=int, default=0)
     p.add_argument("--escape", choices=("none", "pgid", "session"), default="none")
     p.add_argument("--ignore-term", action="store_true")
+    p.add_argument("--drop-first-term", action="store_true", help="exit on the second SIGTERM")
     p.add_argument("--exit-after", type=float, default=0.0)
     p.add_argument("--exit-code", type=int, default=1)
     p.add_argument("--fail-on-node", help="on this node (FAILOVER_NODE) exit at once, unready")
@@ -66,9 +67,12 @@ def main() -> int:
             finally:
                 os._exit(0)
 
+    terms = []
+
     def on_term(signum: int, frame: object) -> None:
         record(args.record, "term")
-        if not args.ignore_term:
+        terms.append(signum)
+        if not args.ignore_term and not (args.drop_first_term and len(terms) == 1):
             sys.exit(0)
 
     signal.signal(signal.SIGTERM, on_term)

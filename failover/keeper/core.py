@@ -58,6 +58,9 @@ EXIT_LOCK_BUSY = 3
 EXIT_START_FAILED = 4
 
 
+RETERM_SECONDS = 1.0  # a side component still alive after its SIGTERM gets another
+
+
 class Keeper:
     """One child's lifetime: start it, watch the stream and the deadline, kill the tree."""
 
@@ -79,7 +82,7 @@ class Keeper:
         self.exit_code: int | None = None
         self.buffer = b""
         self.stop_started: float | None = None
-        self.rest_termed = False
+        self.rest_termed: float | None = None  # when the rest of the tree got its SIGTERM
         self.reason = ""
         self.warm: Warm | None = None
         self.session: zksession.Ticket | None = None  # the daemon's ZooKeeper session
@@ -201,9 +204,14 @@ class Keeper:
             return
         elapsed = now - self.stop_started
         main_done = self.exit_code is not None
-        if not self.rest_termed and (main_done or elapsed >= self.stop_timeout / 2):
-            self.rest_termed = True
+        if self.rest_termed is None and (main_done or elapsed >= self.stop_timeout / 2):
+            self.rest_termed = now
             proctree.signal_all(proctree.tree_members(os.getpid(), [os.getpid()]), signal.SIGTERM)
+        elif self.group is not None and now - (self.rest_termed or now) >= RETERM_SECONDS:
+            # A component may drop a SIGTERM (Airflow 3.3's dag-processor: its handler's
+            # sys.exit, raised inside a garbage-collector callback, is ignored): repeat it.
+            self.rest_termed = now
+            proctree.signal_all(self.group.live_pids(), signal.SIGTERM)
         limit = min(self.stop_timeout, 5.0) if self.reason == "child exited" else self.stop_timeout
         if elapsed >= limit:
             self.hard_kill("stop timeout")

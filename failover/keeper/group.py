@@ -106,6 +106,10 @@ class Group:
         if side is not None and side.proc is not None:
             _killpg(side.proc.pid)
 
+    def live_pids(self) -> list[int]:
+        """The side components' processes not reaped yet."""
+        return [side.proc.pid for side in self.sides.values() if side.proc is not None]
+
     def reaped(self, pid: int, code: int) -> bool:
         """A reaped pid: True if it was a side component (its remnants are killed)."""
         for side in self.sides.values():

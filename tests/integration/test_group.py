@@ -74,6 +74,28 @@ def test_group_starts_together_and_stops_scheduler_first(tmp_path: Path) -> None
     link.cleanup()
 
 
+def test_side_that_drops_its_sigterm_gets_another(tmp_path: Path) -> None:
+    """Airflow 3.3's dag-processor can drop a SIGTERM (its handler's sys.exit raised inside a
+    garbage-collector callback is ignored): the keeper repeats it every second instead of
+    letting the stop wait for the SIGKILL at the stop timeout (here 20 s)."""
+    link, main_tag, side_tag, records = launch_group(
+        tmp_path, ("--drop-first-term",), stop_timeout=20.0
+    )
+    seen = lines_until(link, "STARTED")
+    wait_until(lambda: len(read_records(records)) >= 2, 10, "main and side started")
+    seen += link.read_lines()
+    side = str(pids(seen)["side"])
+    started = time.monotonic()
+    link.send("STOP")
+    seen += lines_until(link, "GONE", timeout=15)
+    took = time.monotonic() - started
+    side_terms = [r for r in read_records(records) if r["word"] == "term" and r["pid"] == side]
+    assert len(side_terms) == 2, side_terms
+    assert took < 10, f"the stop took {took:.1f} s: the side's dropped SIGTERM was not repeated"
+    assert not tagged_processes(main_tag) and not tagged_processes(side_tag)
+    link.cleanup()
+
+
 def test_deferred_side_starts_on_restart_only(tmp_path: Path) -> None:
     link, main_tag, side_tag, _ = launch_group(tmp_path, extra=("--defer-components",))
     seen = lines_until(link, "STARTED")

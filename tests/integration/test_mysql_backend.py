@@ -405,6 +405,30 @@ def test_standby_wakes_when_the_lock_goes(my_dsn: str) -> None:
         b.close()
 
 
+def test_leader_and_standby_without_wake_hold_no_waiter_session(my_dsn: str) -> None:
+    """Server connections per daemon: a leader closes its wake waiter (it holds the wake lock
+    itself), and `[mysql] wake = false` opens none; the lock session alone campaigns."""
+
+    def connection_ids() -> set[int]:
+        return {int(r[0]) for r in query(my_dsn, "SELECT ID FROM information_schema.PROCESSLIST")}
+
+    a = election(my_dsn, "a", cluster="c_wake")
+    b = MySQLElection(my_dsn, "c_wake", "b", 3.0, 0.5, "failover_", wake=False)
+    try:
+        assert a.watch_fd() is not None  # a standby's waiter
+        waiter = a.watch.session.conn.thread_id()
+        assert waiter in connection_ids()
+        assert a.try_acquire()
+        assert a.watch_fd() is None
+        assert waiter not in connection_ids(), "the leader kept its wake waiter's connection"
+        assert not b.try_acquire() and b.watch_fd() is None and b.watch.session.conn is None
+        a.release()
+        assert b.try_acquire()  # found at its next campaign, without a wake-up
+    finally:
+        a.close()
+        b.close()
+
+
 def test_keeper_session_survives_a_short_global_wait_timeout(my_factory: Any) -> None:
     server: MariaDBServer = my_factory(settings={"wait_timeout": "1"})
     dsn = server.create_database("t_short_wait")

@@ -196,6 +196,32 @@ def test_switchover_to_named_standby_demotes_and_others_yield() -> None:
     assert store.cluster_flags.switchover_to is None
 
 
+def test_switchover_back_to_a_member_still_cooling_down_from_the_last_one() -> None:
+    """The cool-down after stepping down for a switchover keeps a member out of the target's
+    way; a new request that names it as the target is not abandoned for it."""
+    store = FakeStore()
+    lease = SharedLease()
+    first = make_rig("n1", lease, store)
+    second = make_rig("n2", lease, store)
+    started(first)
+    second.controller.tick()
+    store.request_switchover("n1", "n2")
+    assert first.controller.tick().transition == "switchover"
+    first.launcher.last.inbox.append("GONE stop requested")
+    assert first.controller.tick().role is Role.STANDBY
+    assert second.controller.tick().role is Role.LEADER
+    second.launcher.last.inbox.append("STARTED 4243")
+    second.controller.tick()
+    assert first.controller.tick().role is Role.STANDBY  # within n1's cool-down ...
+    store.request_switchover("n2", "n1")
+    assert second.controller.tick().transition == "switchover"
+    second.launcher.last.inbox.append("GONE stop requested")
+    assert second.controller.tick().role is Role.STANDBY
+    result = first.controller.tick()  # ... but it is the target now
+    assert result.role is Role.LEADER, result.sentence
+    assert store.cluster_flags.switchover_to is None
+
+
 def test_switchover_to_unknown_node_is_refused() -> None:
     rig = make_rig()
     started(rig)

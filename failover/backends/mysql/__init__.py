@@ -30,6 +30,7 @@ def build(settings: Settings) -> Parts:
         settings.table_prefix,
         warn,
         password_for(settings, dsn),
+        wake=settings.mysql.wake,
     )
     return Parts(election, open_store(settings))
 

@@ -38,8 +38,10 @@ class MySQLElection(ElectionBackend):
         on_warning: Callable[[str], None] | None = None,
         password: Callable[[], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wake: bool = True,
     ) -> None:
         self.dsn = dsn
+        self.wake = wake
         self.cluster = cluster
         self.node = node
         self.lease = lease_seconds
@@ -295,6 +297,10 @@ class MySQLElection(ElectionBackend):
 
     # -- wake-ups ---------------------------------------------------------------------------
     def watch_fd(self) -> int | None:
+        if not self.wake or self._holding:
+            # A leader holds the wake lock itself: its waiter would only hold a connection.
+            self.watch.close()
+            return None
         return self.watch.fileno()
 
     def changed(self) -> bool:

@@ -83,10 +83,8 @@ class PostgresElection(ElectionBackend):
         timings = SessionTimings(lease_seconds, timeout)
         self.password = password
         self.lock = Session(dsn, f"failover:{cluster}:{node}", timings, True, self.warn, password)
-        self.watch = Session(
-            dsn, f"failover:{cluster}:{node}:watch", timings, False, self.warn, password
-        )
-        self.notify = notify
+        self.notify = notify  # LISTEN on the lock session (no session of its own)
+        self.listening: int | None = None  # the lock session generation that LISTENs
         self.held_generation: int | None = None  # lock held on this session generation
         self.schema_ready = False
         self.signal_warned = False
@@ -332,24 +330,40 @@ class PostgresElection(ElectionBackend):
         return {"FAILOVER_KEEPER_DSN": dsn_with_password(self.dsn, self.password())}
 
     # -- wake-ups ---------------------------------------------------------------------------
+    # The lock session LISTENs too: a new session (after a reconnect) listens to nothing, so
+    # each generation LISTENs again. Only the daemon's loop thread uses the lock session, and
+    # it calls these between ticks, when no statement is in flight on it.
     def watch_fd(self) -> int | None:
-        if not self.notify:
+        """The lock session's socket, LISTENing; None when disabled or disconnected (the next
+        tick's statement reconnects it: a reconnect here would only race the tick)."""
+        if not self.notify or not self.lock.connected:
             return None
-        if not self.watch.connected:
+        if self.listening != self.lock.generation:
             try:
-                self.watch.query(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                self.lock.query(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
             except BackendUnavailable:
                 return None
-        return self.watch.fileno()
+            self.listening = self.lock.generation
+        return self.lock.fileno()
+
+    def poll_interval(self) -> float | None:
+        """At once when a NOTIFY already came in with this tick's statements (psycopg2 takes
+        it off the socket with their answers, so the socket alone would not say so)."""
+        conn = self.lock.conn
+        if self.notify and conn is not None and not conn.closed and conn.notifies:
+            return 0.001
+        return None
 
     def changed(self) -> bool:
-        conn = self.watch.conn
-        if conn is None or conn.closed:
+        conn = self.lock.conn
+        if not self.notify or conn is None or conn.closed:
             return False
         try:
             conn.poll()
         except psycopg2.Error:
-            self.watch.close()
+            # The server ended the session (an admin, idle_session_timeout of a standby that
+            # does not campaign, a restart): drop it; the next tick reconnects and knows.
+            self.lock.close()
             return True
         if conn.notifies:
             conn.notifies.clear()
@@ -357,5 +371,4 @@ class PostgresElection(ElectionBackend):
         return False
 
     def close(self) -> None:
-        self.watch.close()
         self.lock.close()

@@ -14,6 +14,20 @@ from failover.backends.postgres.schema import ensure_schema, tables
 from failover.backends.postgres.session import Session, SessionTimings
 from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
 
+UPSERT = (
+    "INSERT INTO {m} (cluster, node, role, epoch, child_state, child_pid, version, sentence, "
+    "heartbeat_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) "
+    "ON CONFLICT (cluster, node) DO UPDATE SET role = EXCLUDED.role, "
+    "epoch = EXCLUDED.epoch, child_state = EXCLUDED.child_state, "
+    "child_pid = EXCLUDED.child_pid, version = EXCLUDED.version, "
+    "sentence = EXCLUDED.sentence, heartbeat_at = now()"
+)
+FLAGS = (
+    "SELECT paused, switchover_to, switchover_from, "
+    "EXTRACT(EPOCH FROM now() - switchover_at)::float8, switchover_result "
+    "FROM {c} WHERE cluster = %s"
+)
+
 
 class PostgresMembers(MemberStore):
     """The `<prefix>member`, `<prefix>history` and `<prefix>cluster` tables of one cluster."""
@@ -49,25 +63,31 @@ class PostgresMembers(MemberStore):
         return self.session.query(statement, params)
 
     def heartbeat(self, state: MemberState) -> None:
-        self._q(
-            sql.SQL(
-                "INSERT INTO {m} (cluster, node, role, epoch, child_state, child_pid, version, "
-                "sentence, heartbeat_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) "
-                "ON CONFLICT (cluster, node) DO UPDATE SET role = EXCLUDED.role, "
-                "epoch = EXCLUDED.epoch, child_state = EXCLUDED.child_state, "
-                "child_pid = EXCLUDED.child_pid, version = EXCLUDED.version, "
-                "sentence = EXCLUDED.sentence, heartbeat_at = now()"
-            ).format(m=self.t["member"]),
-            (
-                self.cluster,
-                state.node,
-                state.role,
-                state.epoch,
-                state.child_state,
-                state.child_pid,
-                state.version,
-                state.sentence[:500],
+        self._q(sql.SQL(UPSERT).format(m=self.t["member"]), self._row(state))
+
+    one_statement_heartbeat = True
+
+    def heartbeat_and_flags(self, state: MemberState) -> ClusterFlags:
+        """One statement: a data-modifying CTE runs to completion whether or not the query
+        reads it; no cluster row (nobody took an epoch or set a flag yet): default flags."""
+        rows = self._q(
+            sql.SQL(f"WITH beat AS ({UPSERT}) {FLAGS}").format(
+                m=self.t["member"], c=self.t["cluster"]
             ),
+            (*self._row(state), self.cluster),
+        )
+        return ClusterFlags.from_row(rows[0]) if rows else ClusterFlags()
+
+    def _row(self, state: MemberState) -> tuple[Any, ...]:
+        return (
+            self.cluster,
+            state.node,
+            state.role,
+            state.epoch,
+            state.child_state,
+            state.child_pid,
+            state.version,
+            state.sentence[:500],
         )
 
     def members(self) -> list[MemberRecord]:
@@ -109,14 +129,7 @@ class PostgresMembers(MemberStore):
         )
 
     def flags(self) -> ClusterFlags:
-        rows = self._q(
-            sql.SQL(
-                "SELECT paused, switchover_to, switchover_from, "
-                "EXTRACT(EPOCH FROM now() - switchover_at)::float8, switchover_result "
-                "FROM {c} WHERE cluster = %s"
-            ).format(c=self.t["cluster"]),
-            (self.cluster,),
-        )
+        rows = self._q(sql.SQL(FLAGS).format(c=self.t["cluster"]), (self.cluster,))
         if not rows:
             return ClusterFlags()
         return ClusterFlags.from_row(rows[0])

@@ -354,6 +354,7 @@ class SwitchoverAware(MemberStore):
     def __init__(self, inner: MemberStore, stand_aside: Callable[[ClusterFlags], None]) -> None:
         self.inner = inner
         self.stand_aside = stand_aside
+        self.one_statement_heartbeat = inner.one_statement_heartbeat
 
     def heartbeat(self, state: MemberState) -> None:
         self.inner.heartbeat(state)
@@ -368,7 +369,12 @@ class SwitchoverAware(MemberStore):
         self.inner.end_term(epoch, reason)
 
     def flags(self) -> ClusterFlags:
-        flags = self.inner.flags()
+        return self._seen(self.inner.flags())
+
+    def heartbeat_and_flags(self, state: MemberState) -> ClusterFlags:
+        return self._seen(self.inner.heartbeat_and_flags(state))
+
+    def _seen(self, flags: ClusterFlags) -> ClusterFlags:
         try:
             self.stand_aside(flags)
         except BackendUnavailable:
