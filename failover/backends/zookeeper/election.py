@@ -194,7 +194,8 @@ class ZooKeeperElection(ElectionBackend):
         if head != self.epoch_head:
             self.nodes.watches.forget(path)  # a new leader: its bump may race the watch
             self.epoch_head = head
-        got = self.nodes.watches.read(self.conn, "read the epoch", path, self.lease)
+        # (a new epoch is not worth a tick of its own: it shows at the next one)
+        got = self.nodes.watches.read(self.conn, "read the epoch", path, self.lease, wake=False)
         return False, LeaderInfo(line[0].node if line else None, as_int(got[0]) if got else 0)
 
     def _try(self, seen: list[list[Contender]] | None) -> bool:

@@ -46,6 +46,11 @@ class Watches:
 
     def fired(self, event: Any = None) -> None:
         """kazoo's watch callback (its thread, must not block)."""
+        self.dropped(event)
+        self.wake()
+
+    def dropped(self, event: Any = None) -> None:
+        """`fired` without waking the loop: for a read nothing waits on (the epoch shown)."""
         path = getattr(event, "path", None)
         with self.lock:
             if path is None:
@@ -54,7 +59,6 @@ class Watches:
             else:
                 self.pending.pop(path, None)
                 self.cache.pop(path, None)
-        self.wake()
 
     def fresh(self, path: str, sid: int | None, max_age: float) -> Read | None:
         """The cached read of `path` while its watch is pending in session `sid` and it is
@@ -103,16 +107,20 @@ class Watches:
                 if got is not None:
                     self.cache[path] = (got[0], time.monotonic())
 
-    def read(self, conn: ZkConnection, what: str, path: str, max_age: float) -> Read | None:
+    def read(
+        self, conn: ZkConnection, what: str, path: str, max_age: float, wake: bool = True
+    ) -> Read | None:
         """A node's data read with a watch, or the last such read while its watch is pending
-        in this session and it is younger than `max_age` s (no request); None: no node."""
+        in this session and it is younger than `max_age` s (no request); None: no node. With
+        `wake`, a change wakes the daemon's loop at once."""
+        callback = self.fired if wake else self.dropped
         sid = conn.session_id()
         cached = self.fresh(path, sid, max_age)
         if cached is not None:
             return cached
         self.arming(path, sid)
         try:
-            got: Read = conn.call(what, lambda: conn.client.get_async(path, watch=self.fired))
+            got: Read = conn.call(what, lambda: conn.client.get_async(path, watch=callback))
         except NoNodeError:
             self.forget(path)  # a missing node holds no data watch
             return None
