@@ -247,27 +247,137 @@ def test_queue_epoch_watch_and_release(zk_open: Opener, zk_chroot: str) -> None:
     assert contenders(zk_chroot)[-1].startswith("c_a_")  # a queued again, at the back
 
 
-def test_a_standby_tick_reads_the_queue_once(zk_open: Opener) -> None:
-    """A standby's campaign and its look at the leader share one read of the queue
-    (bench/scale.py: it read it twice a tick)."""
-    a, _ = zk_open("a")
-    b, _ = zk_open("b")
-    assert lead(a) == 1
-    assert not b.try_acquire()
+def counted_calls(e: ZooKeeperElection) -> list[str]:
+    """From now on, every request `e`'s connection makes (its member store's too) is listed."""
     sent: list[str] = []
-    call = b.conn.call
+    call = e.conn.call
 
     def counted(what: str, *args: Any, **kwargs: Any) -> Any:
         sent.append(what)
         return call(what, *args, **kwargs)
 
-    b.conn.call = counted  # type: ignore[method-assign]
-    for _ in range(3):
-        assert b.campaign() == (False, LeaderInfo("a", 1))
-    assert len(sent) == 9, sent  # the queue, the watch on the predecessor, the epoch
+    e.conn.call = counted  # type: ignore[method-assign]
+    return sent
+
+
+def standby_tick(e: ZooKeeperElection, store: MemberStore) -> tuple[bool, LeaderInfo | None]:
+    """What a steady standby's tick asks of ZooKeeper (failover/standby.py, controller.py)."""
+    flags = store.flags()
+    result = e.campaign()
+    store.heartbeat(MemberState(e.node, "standby", 0, "stopped", None, "v", str(flags)))
+    return result
+
+
+def test_a_steady_standby_tick_is_two_requests(zk_open: Opener) -> None:
+    """The queue and the heartbeat: the watches on its predecessor, the epoch and the flags
+    are set once and read again only when they fire (bench/scale.py: five a tick before)."""
+    a, _ = zk_open("a")
+    b, store_b = zk_open("b")
+    assert lead(a) == 1
+    assert standby_tick(b, store_b) == (False, LeaderInfo("a", 1))  # sets the watches
+    sent = counted_calls(b)
+    for _ in range(5):
+        assert standby_tick(b, store_b) == (False, LeaderInfo("a", 1))
+    assert sent == ["list contenders", "heartbeat"] * 5, sent
+    # A new epoch is seen at the next tick: its watch fired (without a wake-up of its own).
+    b.changed()
+    a.bump_epoch()
+    epoch = b.conn.path("epoch")
+    wait_until(lambda: epoch not in b.nodes.watches.cache, 2, "the epoch's watch to fire")
+    assert not b.changed()
+    assert standby_tick(b, store_b) == (False, LeaderInfo("a", 2))
+    # The leader goes: the watch on the predecessor wakes b, which wins at once.
+    b.changed()
     a.release()
-    assert wait_until(lambda: b.campaign() == (True, None), 5, "b to win")
-    assert b.bump_epoch() == 2
+    assert select.select([b.watch_fd()], [], [], 2)[0] and b.changed()
+    assert b.campaign() == (True, None)
+    assert b.bump_epoch() == 3
+
+
+def test_a_lost_connection_sets_the_watches_again(
+    zk_open: Opener, zk_server: Any, zk_chroot: str
+) -> None:
+    """kazoo drops every watch when the connection breaks, even if the session survives: the
+    next tick asks for each again (the standby would otherwise miss its predecessor's end)."""
+    proxy = ZkProxy(zk_server.hosts)
+    try:
+        a, _ = zk_open("a")
+        b, store_b = zk_open("b", proxy.hosts(zk_chroot[zk_chroot.index("/") :]))
+        assert lead(a) == 1
+        assert standby_tick(b, store_b) == (False, LeaderInfo("a", 1))
+        sid, states = b.conn.session_id(), []
+        b.client.add_listener(states.append)
+        assert b.nodes.watches.pending
+        proxy.cut()
+        proxy.heal()
+        wait_until(lambda: states[-2:] == [KazooState.SUSPENDED, KazooState.CONNECTED], 10, "")
+        wait_until(lambda: not b.nodes.watches.pending, 5, "kazoo to drop the watches")
+        assert b.conn.session_id() == sid
+        sent = counted_calls(b)
+        assert standby_tick(b, store_b) == (False, LeaderInfo("a", 1))
+        expected = ["read flags", "list contenders", "watch", "read the epoch", "heartbeat"]
+        assert sent == expected, sent
+        b.changed()
+        a.release()
+        assert select.select([b.watch_fd()], [], [], 2)[0]
+        assert b.campaign() == (True, None)
+    finally:
+        proxy.close()
+
+
+def test_a_lost_watch_costs_at_most_a_tick(zk_open: Opener, zk_chroot: str) -> None:
+    """Should a watch never fire, the heartbeat's check of the kept reads' versions (in the
+    same request) finds them stale, and the next tick reads them anew."""
+    a, _ = zk_open("a")
+    b, store_b = zk_open("b")
+    lead(a)
+    standby_tick(b, store_b)
+    standby_tick(b, store_b)
+    watchers = b.client._data_watchers  # by path, chroot included
+    lost = [path for path in watchers if path.endswith(b.conn.path("flags"))]
+    assert len(lost) == 1
+    watchers.pop(lost[0])  # kazoo forgets it: the event reaches nobody
+    status = open_store(zk_settings(zk_chroot, "x"))
+    try:
+        status.set_paused(True)
+        time.sleep(0.3)
+        sent = counted_calls(b)
+        assert not store_b.flags().paused  # what it kept
+        standby_tick(b, store_b)  # its heartbeat's check fails: read anew next tick
+        assert store_b.flags().paused
+        assert sent == ["list contenders", "heartbeat", "heartbeat", "read flags"], sent
+    finally:
+        status.close()
+
+
+def test_a_flags_change_wakes_a_standby(zk_open: Opener, zk_chroot: str) -> None:
+    """The flags are read again only when their watch fired: a pause or a switchover request
+    wakes the standby's loop at once and shows at its next tick."""
+    a, _ = zk_open("a")
+    b, store_b = zk_open("b")
+    lead(a)
+    assert store_b.flags() == ClusterFlags()
+    sent = counted_calls(b)
+    status = open_store(zk_settings(zk_chroot, "x"))
+    try:
+        changes: list[tuple[Callable[[], None], Callable[[ClusterFlags], bool]]] = [
+            (lambda: status.set_paused(True), lambda f: f.paused),
+            (lambda: status.request_switchover("a", ""), lambda f: f.switchover_to == ""),
+            (lambda: status.set_paused(False), lambda f: not f.paused),
+        ]
+        for change, seen in changes:
+            standby_tick(b, store_b)  # (its heartbeat anchors the server clock for the age)
+            b.changed()
+            sent.clear()
+            store_b.flags(), store_b.flags()
+            assert sent == []  # no request while nothing changed
+            change()
+            started = time.monotonic()
+            assert select.select([b.watch_fd()], [], [], 2)[0] and b.changed()
+            assert time.monotonic() - started < 1.0
+            assert seen(store_b.flags()) and sent == ["read flags"], sent
+    finally:
+        status.close()
 
 
 def test_negotiated_session_timeout_is_captured(
@@ -493,7 +603,10 @@ def test_members_flags_and_switchover_in_zookeeper(zk_open: Opener, zk_chroot: s
         status.set_paused(True)
         assert store_b.flags().paused
         status.request_switchover("a", "c")
-        flags = store_b.flags()  # b is ahead of c in the queue: it leaves the queue
+        # b sees it once its flags watch fired; b is ahead of c in the queue: it leaves it.
+        flags = wait_until(
+            lambda: (f := store_b.flags()).switchover_to is not None and f, 2, "the request"
+        )
         assert (flags.switchover_to, flags.switchover_from) == ("c", "a")
         assert flags.switchover_age is not None and flags.switchover_age < 1
         assert b.contender is None

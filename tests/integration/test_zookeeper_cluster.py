@@ -6,11 +6,15 @@ A sampler checks every 50 ms that at most one epoch's child tree is alive.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from ..harness import Cluster, Sampler, read_records, wait_until
+from ..servers import free_port
 from .test_zookeeper_backend import ZkProxy, expire_session
 
 pytestmark = pytest.mark.integration
@@ -325,3 +330,81 @@ def test_zookeeper_leader_crash_keeps_our_leader(tmp_path: Path, zk_factory: Any
         assert '"state": "SUSPENDED"' in log  # the quorum change did cut our connection
     finally:
         cluster.stop_all()
+
+
+ZK_CONS = re.compile(r"/127\.0\.0\.1:(\d+)\[\d+\]\(.*?recved=(\d+)")
+
+
+def local_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of process `pid`'s TCP connections to `server_port` (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[9] in inodes and remote == server_port:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def requests_and_ticks(zk_server: Any, pid: int, http_port: int) -> tuple[int, float]:
+    """Requests the server received so far on `pid`'s sessions (`cons`, pings included), and
+    the ticks its loop ran (/metrics)."""
+    ports = local_ports(pid, zk_server.port)
+    text = zk_server.four_letter_word("cons", timeout=5)
+    sent = sum(int(m.group(2)) for m in ZK_CONS.finditer(text) if int(m.group(1)) in ports)
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        body = reply.read().decode()
+    count = "failover_tick_duration_seconds_count"
+    ticks = [float(line.split()[-1]) for line in body.splitlines() if line.startswith(count)]
+    return sent, ticks[0] if ticks else 0.0
+
+
+def test_a_steady_standby_sends_two_requests_a_tick_and_sees_a_pause_at_once(
+    cluster: Cluster, zk_server: Any
+) -> None:
+    """Counted by the server: the queue and the heartbeat (five before: the watch on the
+    predecessor, the epoch and the flags were asked for every tick). A pause still reaches
+    the standby at once: the flags' watch wakes it."""
+    http_port = free_port()
+    cluster.start("n1")
+    assert cluster.leader_child()[0] == "n1"
+    cluster.settings["http.listen"] = f"127.0.0.1:{http_port}"
+    standby = cluster.start("n2").pid
+    following = "no action: following leader n1"
+    wait_for(
+        cluster,
+        lambda: (s := cluster.sentences("n2")) and s[-1].startswith(following),
+        20,
+        "n2 to follow n1",
+    )
+    time.sleep(1.0)  # its first ticks set the watches
+    sent0, ticks0 = requests_and_ticks(zk_server, standby, http_port)
+    time.sleep(6.0)
+    sent1, ticks1 = requests_and_ticks(zk_server, standby, http_port)
+    ticks, sent = ticks1 - ticks0, sent1 - sent0
+    assert ticks >= 4, (ticks, cluster.dump_logs())
+    # (a tick may be half done at either reading)
+    assert sent <= 2 * ticks + 2, f"{sent} requests in {ticks:g} ticks"
+    pause = subprocess.run(
+        [sys.executable, "-m", "failover", "pause", *cluster.client_args()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert pause.returncode == 0, pause.stderr
+    # Within about a tick (loop 0.5 s; without the watch, up to a lease of 3 s).
+    wait_for(
+        cluster,
+        lambda: cluster.sentences("n2")[-1].startswith("paused: no elections"),
+        1.5,
+        "n2 to see the pause",
+    )

@@ -28,7 +28,7 @@ def build(settings: Settings) -> Parts:
             metadata = open_metadata(s, s.metadata_dsn)
             members, sweep = metadata.members(), metadata.sweep()
         else:
-            members, sweep = ZooKeeperMembers(nodes), None
+            members, sweep = ZooKeeperMembers(nodes, refresh=s.lease_seconds), None
         zk = ZooKeeperElection(nodes, s.lease_seconds, renew_window, _warn, sweep)
     except BaseException:
         nodes.conn.close()

@@ -72,6 +72,7 @@ class ZooKeeperElection(ElectionBackend):
         self.bumped_at: tuple[int, float] = (0, 0.0)  # (server ms, monotonic) of the bump
         self.same_name_seen: dict[str, float] = {}
         self.checked_session: float | None = -1.0  # granted timeout last checked
+        self.epoch_head: str | None = None  # the queue's head when the epoch was last read
         if conn.start(conn.options.call_timeout):
             try:  # refuse a duplicate node name before the daemon starts
                 self._register(self._session())
@@ -182,13 +183,19 @@ class ZooKeeperElection(ElectionBackend):
         return self._try(None)
 
     def campaign(self) -> tuple[bool, LeaderInfo | None]:
-        """A standby's tick reads the queue once, for its campaign and for the leader (three
-        requests and the member store's two, where it took four)."""
+        """A steady standby's tick is one request, the read of the queue: the watch on its
+        predecessor is still pending, and so is the one on the epoch while the head stays."""
         seen: list[list[Contender]] = []
         if self._try(seen):
             return True, None
         line = seen[0] if seen else self._contenders()
-        got = self.nodes.read("read the epoch", self.conn.path("epoch"))
+        head = line[0].name if line else None
+        path = self.conn.path("epoch")
+        if head != self.epoch_head:
+            self.nodes.watches.forget(path)  # a new leader: its bump may race the watch
+            self.epoch_head = head
+        # (a new epoch is not worth a tick of its own: it shows at the next one)
+        got = self.nodes.watches.read(self.conn, "read the epoch", path, self.lease, wake=False)
         return False, LeaderInfo(line[0].node if line else None, as_int(got[0]) if got else 0)
 
     def _try(self, seen: list[list[Contender]] | None) -> bool:
@@ -208,12 +215,10 @@ class ZooKeeperElection(ElectionBackend):
             self.conn.wake()  # register again at once
             return False
         mine = names.index(self.contender.name)
-        # The leader watches its own node, a standby only its predecessor (no herd).
+        # The leader watches its own node, a standby only its predecessor (no herd), once:
+        # the queue just read shows it there, and its watch will tell when it goes.
         watched = self.conn.path(names[mine - 1] if mine else self.contender.name)
-        there = self.conn.call(
-            "watch", lambda: self.client.exists_async(watched, watch=self.conn.wake)
-        )
-        if there is None:
+        if not self.nodes.watches.exists(self.conn, watched, sid):
             self.conn.wake()  # it vanished meanwhile: look again at once
             return False
         if mine == 0:
@@ -324,6 +329,7 @@ class ZooKeeperElection(ElectionBackend):
             ]
             results = self.conn.call("take the epoch", partial(self._txn, own, writes))
             if txn_ok(results):
+                self.nodes.watches.forget(self.conn.path("epoch"))  # what we kept is older
                 self.epoch, self.crumb_version = epoch, results[2].version
                 self.bumped_at = (results[2].mtime, time.monotonic())
                 return epoch

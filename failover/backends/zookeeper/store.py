@@ -16,6 +16,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from failover.backends.zookeeper.conn import ZkConnection
+from failover.backends.zookeeper.watches import Watches
 from failover.errors import BackendUnavailable
 from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
 
@@ -123,6 +124,7 @@ class ZkNodes:
         self.conn = conn
         self.anchor: tuple[int, float] | None = None  # (server ms, monotonic) of our last write
         self.layout_ready = False
+        self.watches = Watches(conn.wake)
 
     def read(self, what: str, path: str, watch: Any = None) -> tuple[bytes, ZnodeStat] | None:
         try:
@@ -165,8 +167,18 @@ class ZkNodes:
                 except NodeExistsError:
                     continue
             self.anchor = (stat.mtime, time.monotonic())
+            self.watches.forget(path)  # read our own write afresh, not its watch's echo
             return stat
         raise BackendUnavailable(f"ZooKeeper {what}: {path} keeps vanishing")
+
+    def write_checked(self, what: str, path: str, data: bytes) -> ZnodeStat:
+        """`write`, in one request with a check that every read kept by a watch is current
+        (`Watches.set_checked`)."""
+        stat = self.watches.set_checked(self.conn, what, path, data)
+        if stat is None:
+            return self.write(what, path, data)
+        self.anchor = (stat.mtime, time.monotonic())
+        return stat
 
     def update(self, what: str, path: str, change: Callable[[Any], Any]) -> None:
         """Read-modify-write of a JSON node with a versioned set (compare and set)."""
@@ -175,6 +187,7 @@ class ZkNodes:
             if got is None:
                 try:
                     self.create(what, path, dump(change(load(None))))
+                    self.watches.forget(path)
                     return
                 except NodeExistsError:
                     continue
@@ -183,6 +196,7 @@ class ZkNodes:
                 self.conn.call(
                     what, partial(self.conn.client.set_async, path, new, version=version)
                 )
+                self.watches.forget(path)  # read our own write afresh, not its watch's echo
                 return
             except BadVersionError:
                 continue
@@ -218,10 +232,11 @@ class ZooKeeperMembers(MemberStore):
     """Member heartbeats (`members/<node>`), a short history and the operator flags (`flags`)
     as JSON nodes; heartbeat ages are server-side: node mtime against a fresh write's mtime."""
 
-    def __init__(self, nodes: ZkNodes, owns_conn: bool = False) -> None:
+    def __init__(self, nodes: ZkNodes, owns_conn: bool = False, refresh: float = 10.0) -> None:
         self.nodes = nodes
         self.conn = nodes.conn
         self.owns_conn = owns_conn
+        self.refresh = refresh  # re-read the flags if no heartbeat found them current so long
 
     def heartbeat(self, state: MemberState) -> None:
         info = {
@@ -232,7 +247,8 @@ class ZooKeeperMembers(MemberStore):
             "version": state.version,
             "sentence": state.sentence[:500],
         }
-        self.nodes.write("heartbeat", self.conn.path("members", state.node), dump(info))
+        # (also checks that the flags and the epoch we keep are current)
+        self.nodes.write_checked("heartbeat", self.conn.path("members", state.node), dump(info))
 
     def members(self) -> list[MemberRecord]:
         names = self.nodes.children("list members", self.conn.path("members"))
@@ -284,7 +300,12 @@ class ZooKeeperMembers(MemberStore):
         return list(reversed(_terms(load(got[0]) if got else [])))[:limit]
 
     def flags(self) -> ClusterFlags:
-        got = self.nodes.read("read flags", self.conn.path("flags"), watch=self.conn.wake)
+        # Read again only when its watch fired (a pause or a switchover request wakes the
+        # loop at once), after a session change, or when a heartbeat's check of its version
+        # failed (a lost watch), or if no heartbeat checked it for `refresh` s.
+        got = self.nodes.watches.read(
+            self.conn, "read flags", self.conn.path("flags"), self.refresh
+        )
         info = load(got[0]) if got else {}
         if not got or not isinstance(info, dict):
             return ClusterFlags()
