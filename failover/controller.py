@@ -123,7 +123,9 @@ class Controller(Standby):
     def _lead(self, now: float) -> tuple[str, str | None]:
         held = self._renew(now)
         # Only now the metadata DB: a hang there cannot come between two renews twice.
-        self.records.read_flags(now, self.t.loop)
+        # The heartbeat rides on the flags read only after a renew that held: a leader back
+        # from a freeze must not show itself as a fresh leader.
+        self.records.read_flags(now if held is True else None, self.t.loop)
         if self.role is Role.DEMOTING:
             return self._finish_demote(now)
         if held is False:

@@ -364,7 +364,6 @@ class Daemon:
         end = boottime() + seconds
         due = self.child.check_at(boottime())  # a keeper's answer or stop is due: look then
         end = min(end, due + 0.005) if due is not None else end
-        poll = self.backend.poll_interval()
         while not self.signals:
             remaining = end - boottime()
             if remaining <= 0:
@@ -379,6 +378,7 @@ class Daemon:
             watch = self.backend.watch_fd()
             if watch is not None:
                 fds.append(watch)
+            poll = self.backend.poll_interval()  # after watch_fd: its LISTEN may bring a NOTIFY
             timeout = min(remaining, poll) if poll else remaining
             readable, _, _ = select.select(fds, [], [], timeout)
             if signal_fd in readable:

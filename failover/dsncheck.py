@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from failover.config import Settings
 from failover.dsn import (
+    TRUE_WORDS,
     is_loopback,
     is_mysql_dsn,
     looks_like_proxy,
@@ -53,6 +54,19 @@ def check_mysql(settings: Settings, warnings: list[str]) -> None:
         if not is_mysql_dsn(dsn):
             continue
         info = parse_dsn(str(dsn), label)
+        params = {k.lower(): v.lower() for k, v in info.params.items()}
+        identity = (
+            params.get("ssl_mode") == "verify_identity"
+            or params.get("ssl_verify_identity", "") in TRUE_WORDS
+        )
+        if identity and not (settings.mysql.ssl_ca or params.get("ssl_ca")):
+            raise ConfigError(
+                label,
+                "asks to verify the server's host name (ssl_mode=VERIFY_IDENTITY or "
+                "ssl_verify_identity) without a CA bundle, and PyMySQL would then check no "
+                "host name",
+                "add ssl_ca=<CA bundle> to the DSN or set [mysql] ssl_ca",
+            )
         tls = settings.mysql.ssl_ca or any(k.startswith("ssl") for k in info.params)
         if settings.mysql.iam_auth and not tls:
             raise ConfigError(

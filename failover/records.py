@@ -36,6 +36,9 @@ class Records:
         self.last_heartbeat: float | None = None
         self.last_written: Hashable | None = None
         self.last_state: tuple[Hashable, MemberState] | None = None  # how the last tick ended
+        # False after a heartbeat + flags statement failed or was slow (a row lock, a lagging
+        # synchronous replica): the flags are read alone until a heartbeat goes through again.
+        self.combined_ok = True
 
     def read_flags(self, now: float | None = None, every: float = 0.0) -> None:
         """The first store call of a tick: keeps the last known flags if it fails. With `now`,
@@ -50,9 +53,12 @@ class Records:
             else:
                 self.flags = self.store.heartbeat_and_flags(last[1])
 
-        if self._run(read) and last is not None:
+        done = self._run(read)
+        if last is not None and done:
             self.last_heartbeat = now
             self.last_written = last[0]
+        if last is not None and self.failed:
+            self.combined_ok = False
 
     def _due_with_flags(
         self, now: float | None, every: float
@@ -60,6 +66,8 @@ class Records:
         """The state to write with the flags: a heartbeat is due and the store does both in
         one statement (the first tick has no state yet: it writes at its end)."""
         if now is None or self.last_state is None or not self.store.one_statement_heartbeat:
+            return None
+        if not self.combined_ok:
             return None
         if self.last_heartbeat is not None and now - self.last_heartbeat < every:
             return None
@@ -85,6 +93,7 @@ class Records:
         if self._run(lambda: self.store.heartbeat(state)):
             self.last_heartbeat = now
             self.last_written = shown
+            self.combined_ok = self.combined_ok or not self.failed  # went through in time
 
     def _run(self, call: Callable[[], None]) -> bool:
         """Make one store call, timed and reported; whether it succeeded."""

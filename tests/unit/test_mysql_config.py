@@ -85,6 +85,23 @@ def test_tls_options_and_plain_text_warning() -> None:
     assert args["ssl_ca"] == "/ca.pem" and args["ssl_verify_identity"] is True
 
 
+def test_host_name_verification_without_a_ca_bundle_is_refused() -> None:
+    """PyMySQL checks no host name when no CA is given: asking for it in the DSN alone would
+    accept any publicly trusted certificate for any name."""
+    for query in ("ssl_mode=VERIFY_IDENTITY", "ssl_verify_identity=true"):
+        with pytest.raises(ConfigError) as err:
+            load(backend="mysql", **{"mysql.dsn": f"mysql://u:pw@db.example/a?{query}"})
+        assert err.value.field == "mysql.dsn" and "ssl_ca" in str(err.value)
+    load(
+        backend="mysql",
+        **{"mysql.dsn": "mysql://u:pw@db.example/a?ssl_mode=VERIFY_IDENTITY&ssl_ca=/ca.pem"},
+    )
+    load(
+        backend="mysql",
+        **{"mysql.dsn": "mysql://u:pw@db.example/a?ssl_verify_identity=1", "mysql.ssl_ca": "/c"},
+    )
+
+
 def test_the_configured_ca_bundle_is_the_one_trusted() -> None:
     """PyMySQL builds its TLS context from our arguments: the DSN's `ssl_ca` (one CA here),
     not the system's whole store; `ssl_mode=required` alone encrypts without verifying."""

@@ -123,6 +123,10 @@ def test_a_failed_or_slow_combined_call_ends_the_ticks_store_work() -> None:
     store.down = False
     rig.clock.advance(1.0)
     del store.calls[:]
+    rig.controller.tick()  # the flags alone and the heartbeat apart, once, then together
+    assert store.calls == ["flags", "heartbeat"] and not rig.controller.records.failed
+    rig.clock.advance(1.0)
+    del store.calls[:]
     rig.controller.tick()
     assert store.calls == ["heartbeat+flags"] and not rig.controller.records.failed
     store.clock, store.delay = rig.clock, 3.5  # slower than the backend timeout (2 s)
@@ -151,5 +155,62 @@ def test_a_slow_db_in_the_leaders_tick_is_waited_on_once() -> None:
         del store.calls[:]
         result = rig.controller.tick()
         assert renew_at < deadline
-        assert store.calls == ["heartbeat+flags"]
+        # One wait a tick: together first, then (slow) the flags alone, no heartbeat after.
+        assert store.calls in (["heartbeat+flags"], ["flags"])
         assert result.role is Role.LEADER and rig.child.state is ChildState.RUNNING
+
+
+def test_writes_failing_fall_back_to_reading_the_flags_alone() -> None:
+    """A row lock or a lagging synchronous replica fails or slows the heartbeat + flags
+    statement: the next ticks read the flags alone (a pause still reaches the member) and
+    write the heartbeat apart, until a heartbeat goes through in time again."""
+
+    @dataclass
+    class WritesDown(OneTripStore):
+        writes_down: bool = False
+
+        def _call(self, name: str) -> None:
+            super()._call(name)
+            if self.writes_down and name != "flags":
+                raise BackendUnavailable("canceling statement due to lock timeout")
+
+    store = WritesDown()
+    rig = make_rig(lease=SharedLease(holder="other", epoch=7), store=store)
+    rig.controller.tick()
+    rig.clock.advance(1.0)
+    store.writes_down = True
+    del store.calls[:]
+    rig.controller.tick()
+    assert store.calls == ["heartbeat+flags"]  # failed: the flags were not read
+    store.set_paused(True)
+    rig.clock.advance(1.0)
+    del store.calls[:]
+    result = rig.controller.tick()
+    assert store.calls == ["flags", "heartbeat"], store.calls  # apart; the write fails again
+    assert result.sentence.startswith("paused"), result.sentence
+    store.writes_down = False
+    for expected in (["flags", "heartbeat"], ["heartbeat+flags"]):
+        rig.clock.advance(1.0)
+        del store.calls[:]
+        rig.controller.tick()
+        assert store.calls == expected
+
+
+def test_a_leader_whose_renew_failed_does_not_send_its_old_row_with_the_flags() -> None:
+    """A leader back from a freeze finds its lock gone: its first store call reads the flags
+    alone, so its row does not show it as a fresh leader; the end of the tick writes the
+    truth."""
+    from .test_controller import started
+
+    store = OneTripStore()
+    lease = SharedLease()
+    rig = make_rig(lease=lease, store=store)
+    started(rig)
+    rig.clock.advance(1.0)
+    rig.controller.tick()
+    lease.holder = "other"  # taken over while we were frozen
+    rig.clock.advance(1.0)
+    del store.calls[:]
+    rig.controller.tick()
+    assert store.calls[0] == "flags", store.calls
+    assert store.rows["n1"].role != Role.LEADER.value
