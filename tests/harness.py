@@ -36,6 +36,16 @@ def wait_until(test: Callable[[], Any], timeout: float, what: str, step: float =
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def _memory_gone(pid: str) -> bool:
+    """The kernel reads /proc/PID/cmdline and environ from the process's memory: both come
+    back empty once an exiting process released it (it is then only a zombie to be)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read() == b""
+    except OSError:
+        return True
+
+
 def tagged_processes(tag: str) -> dict[int, dict[str, str]]:
     """pid -> {epoch, node} of every live process whose command line carries `tag`."""
     found: dict[int, dict[str, str]] = {}
@@ -55,6 +65,8 @@ def tagged_processes(tag: str) -> dict[int, dict[str, str]]:
                 continue
             with open(f"/proc/{name}/environ", "rb") as f:
                 env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+            if b"FAILOVER_NODE" not in env and _memory_gone(name):
+                continue  # killed between our reads: past its exit_mm, it runs no code again
         except (OSError, IndexError):
             continue
         found[int(name)] = {

@@ -32,3 +32,18 @@ def test_sampler_catches_two_epochs_at_once(tmp_path: Path) -> None:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_live_probe_without_failover_env_still_counts(tmp_path: Path) -> None:
+    """A probe killed between the sampler's reads of its cmdline and its environ is skipped
+    (its memory is gone: both read empty); a live one whose environment lacks FAILOVER_* is
+    still reported, as an unknown owner, so it still breaks the invariant beside another."""
+    tag = f"probe-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, PROBE, "--tag", tag, "--record", str(tmp_path / "r.log")]
+    bare = subprocess.Popen(argv, env={"PATH": os.environ.get("PATH", "/usr/bin")})
+    try:
+        found = wait_until(lambda: tagged_processes(tag), 10, "the probe")
+        assert found == {bare.pid: {"epoch": "?", "node": "?"}}
+    finally:
+        bare.kill()
+        bare.wait()
