@@ -50,6 +50,19 @@ class MemberState:
     version: str
     sentence: str = ""
 
+    def row(self, cluster: str) -> tuple[Any, ...]:
+        """The SQL member row's values, in column order (the sentence cut to its column)."""
+        return (
+            cluster,
+            self.node,
+            self.role,
+            self.epoch,
+            self.child_state,
+            self.child_pid,
+            self.version,
+            self.sentence[:500],
+        )
+
 
 @dataclass(frozen=True)
 class MemberRecord:

@@ -51,16 +51,7 @@ class MySQLMembers(MemberStore):
             "role = VALUES(role), epoch = VALUES(epoch), child_state = VALUES(child_state), "
             "child_pid = VALUES(child_pid), version = VALUES(version), "
             "sentence = VALUES(sentence), heartbeat_at = NOW(6)",
-            (
-                self.cluster,
-                state.node,
-                state.role,
-                state.epoch,
-                state.child_state,
-                state.child_pid,
-                state.version,
-                state.sentence[:500],
-            ),
+            state.row(self.cluster),
         )
 
     def members(self) -> list[MemberRecord]:

@@ -63,7 +63,7 @@ class PostgresMembers(MemberStore):
         return self.session.query(statement, params)
 
     def heartbeat(self, state: MemberState) -> None:
-        self._q(sql.SQL(UPSERT).format(m=self.t["member"]), self._row(state))
+        self._q(sql.SQL(UPSERT).format(m=self.t["member"]), state.row(self.cluster))
 
     one_statement_heartbeat = True
 
@@ -74,21 +74,9 @@ class PostgresMembers(MemberStore):
             sql.SQL(f"WITH beat AS ({UPSERT}) {FLAGS}").format(
                 m=self.t["member"], c=self.t["cluster"]
             ),
-            (*self._row(state), self.cluster),
+            (*state.row(self.cluster), self.cluster),
         )
         return ClusterFlags.from_row(rows[0]) if rows else ClusterFlags()
-
-    def _row(self, state: MemberState) -> tuple[Any, ...]:
-        return (
-            self.cluster,
-            state.node,
-            state.role,
-            state.epoch,
-            state.child_state,
-            state.child_pid,
-            state.version,
-            state.sentence[:500],
-        )
 
     def members(self) -> list[MemberRecord]:
         rows = self._q(
