@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2
 
+from bench.takeover import write_report
 from tests.e2e.conftest import AIRFLOW_VERSIONS, DAEMON_SETTINGS, AirflowDb, api_server, migrated_db
 from tests.harness import Cluster, keeper_trees, wait_until, warm_processes
 from tests.servers import PostgresServer
@@ -234,12 +235,7 @@ def main() -> int:
                     print(split[-1], flush=True)
     finally:
         server.close()
-    text = "\n".join(lines + (split if len(split) > 5 else [])) + "\n"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    before = out.read_text() + "\n" if args.append and out.exists() else ""
-    out.write_text(before + text)
-    print("\n" + text)
+    write_report(lines + (split if len(split) > 5 else []), args.out, args.append)
     return 0
 
 

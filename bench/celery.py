@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.takeover import write_report
 from tests.e2e.celery_flow import Figures, failover_with_work_in_flight, kill9, switchover
 from tests.e2e.celery_site import CelerySite, celery_site, wait_worker_ready
 from tests.harness import wait_until
@@ -140,10 +141,7 @@ def main() -> int:
             bench(server, scenario, args.runs, lines, args.broker)
     finally:
         server.close()
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print("\n" + text)
+    write_report(lines, args.out)
     return 0
 
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from takeover import LEASE, SETTINGS, exec_time, start_servers
+from takeover import LEASE, SETTINGS, exec_time, start_servers, write_report
 
 from tests.harness import Cluster, read_records, wait_until
 
@@ -144,9 +144,7 @@ def main() -> int:
             pg.close()
         if zk is not None:
             zk.close()
-    text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
-    print("\n" + text)
+    write_report(lines, args.out)
     return 0
 
 

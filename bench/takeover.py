@@ -284,6 +284,17 @@ def start_mariadb(backends: list[str]) -> tuple[Any, Callable[[], str] | None]:
     return server, lambda: server.create_database(f"t_bench_{next(counter)}")
 
 
+def write_report(lines: list[str], out: str | Path, append: bool = False) -> None:
+    """Write a bench's Markdown lines to `out` (after what it holds, with `append`) and print
+    them."""
+    text = "\n".join(lines) + "\n"
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = path.read_text() + "\n" if append and path.exists() else ""
+    path.write_text(before + text)
+    print("\n" + text)
+
+
 def row(backend: str, scenario: str, values: list[float]) -> str:
     if not values:
         return f"| {backend} | {scenario} | - | n/a | n/a | n/a | n/a | one host, no network |"
@@ -337,10 +348,7 @@ def main() -> int:
             my_server.close()
         if zk is not None:
             zk.close()
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print("\n" + text)
+    write_report(lines, args.out)
     return 0
 
 
