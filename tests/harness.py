@@ -207,6 +207,17 @@ class Cluster:
         probe = [sys.executable, PROBE, "--tag", self.tag, "--record", str(self.records)]
         return [*argv, "--", *probe, *self.probe_args]
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`failover <args>` run as a client of this cluster (`client_args`, its env)."""
+        return subprocess.run(
+            [sys.executable, "-m", "failover", *args, *self.client_args()],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **self.env},
+        )
+
     def client_args(self) -> list[str]:
         """`--cluster` and the daemons' `--set` options (less HTTP and log), for client
         commands such as `failover status` or `switchover` run against this cluster."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,17 +63,6 @@ def slow_records(db: AirflowDb) -> list[tuple[str, int, str, float]]:
     return out
 
 
-def failover_cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "failover", *args, *c.client_args()],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        env={**os.environ, **c.env},
-    )
-
-
 def warmed(c: Cluster, node: str) -> int:
     """How often `node` has pre-warmed a scheduler so far."""
     return len(events(c, node, "prewarm_ready"))
@@ -102,7 +89,7 @@ def scheduler_started(db: AirflowDb, node: str) -> float:
 def healthy_row(c: Cluster, node: str) -> str | None:
     """`node`'s line of the `failover status` table once its scheduler (HEALTH column) and its
     dag-processor (COMPONENTS) are both running and healthy."""
-    done = failover_cli(c, "status")
+    done = c.cli("status", timeout=90)
     if done.returncode != 0:  # 1: no healthy leader (yet)
         assert done.returncode == 1 and "no healthy leader" in done.stdout, done.stderr
         return None
@@ -204,7 +191,7 @@ def test_orphaned_task_then_sigstop_then_switchover(
         # Graceful switchover back to b, named.
         warm_pid(c, b, after=b_warmed)  # b re-warmed as a standby after its SIGCONT
         t0 = time.monotonic()
-        done = failover_cli(c, "switchover", "--to", b)
+        done = c.cli("switchover", "--to", b, timeout=90)
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"{a} -> {b}" in done.stdout
         got = wait_until(lambda: heartbeating(db.dsn, "SchedulerJob", {a}), 60, "b again", 0.1)

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -176,13 +175,7 @@ def test_daemon_group_restarts_side_alone_and_kill9_ends_the_group(group_cluster
         )
 
         def status() -> dict[str, object]:
-            out = subprocess.run(
-                [sys.executable, "-m", "failover", "status", "--json", *c.client_args()],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
+            out = c.cli("status", "--json", timeout=30)
             return json.loads(out.stdout)  # type: ignore[no-any-return]
 
         def side_restarted() -> bool:
@@ -191,13 +184,7 @@ def test_daemon_group_restarts_side_alone_and_kill9_ends_the_group(group_cluster
             return bool(comps) and comps[0]["restarts"] >= 2
 
         wait_until(side_restarted, 20, "the side component restarted twice", step=0.5)
-        text = subprocess.run(
-            [sys.executable, "-m", "failover", "status", *c.client_args()],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
+        text = c.cli("status", timeout=30).stdout
         (row,) = [line for line in text.splitlines() if line.startswith(leader)]
         assert text.splitlines()[1].split()[-2:] == ["HEALTH", "COMPONENTS"], text
         # The probes write no job rows: health "unknown" for the main command and its side.

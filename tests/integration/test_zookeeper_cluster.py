@@ -393,13 +393,7 @@ def test_a_steady_standby_sends_two_requests_a_tick_and_sees_a_pause_at_once(
     assert ticks >= 4, (ticks, cluster.dump_logs())
     # (a tick may be half done at either reading)
     assert sent <= 2 * ticks + 2, f"{sent} requests in {ticks:g} ticks"
-    pause = subprocess.run(
-        [sys.executable, "-m", "failover", "pause", *cluster.client_args()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    pause = cluster.cli("pause")
     assert pause.returncode == 0, pause.stderr
     # Within about a tick (loop 0.5 s; without the watch, up to a lease of 3 s).
     wait_for(
