@@ -23,7 +23,7 @@ from failover.interfaces import ElectionBackend, FenceReport, LeaderInfo
 
 HOLDER_SQL = """
 SELECT l.pid, a.application_name, a.state,
-       EXTRACT(EPOCH FROM now() - a.state_change)::float8
+       EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS idle_for
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid = 1
   AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -34,21 +34,20 @@ WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid
 # it (how long its session and its member heartbeat are quiet), the recorded lease and epoch.
 # Whether the lock call runs before or after the pg_locks scan does not matter: the holder
 # columns are read only when the lock was not granted, so somebody else held it throughout.
-POLL_SQL = """
+POLL_SQL = (
+    """
 WITH attempt AS (SELECT pg_try_advisory_lock(%s) AS won)
 SELECT (SELECT won FROM attempt), h.pid, h.application_name, h.state, h.idle_for,
        (SELECT EXTRACT(EPOCH FROM now() - m.heartbeat_at)::float8 FROM {m} m
         WHERE m.cluster = %s AND m.node = substring(h.application_name from '[^:]*$')),
        c.lease_seconds, c.epoch
 FROM (SELECT 1) AS one
-LEFT JOIN (SELECT l.pid, a.application_name, a.state,
-                  EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS idle_for
-           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
-             AND l.objsubid = 1 AND l.granted AND l.database =
-                 (SELECT oid FROM pg_database WHERE datname = current_database())) AS h ON true
+LEFT JOIN ("""
+    + HOLDER_SQL
+    + """) AS h ON true
 LEFT JOIN {t} c ON c.cluster = %s
 """
+)
 
 
 class PostgresElection(ElectionBackend):
