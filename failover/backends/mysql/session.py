@@ -37,6 +37,12 @@ class SessionTimings:
 
     lease: float
     statement_timeout: float
+    server_limit: float | None = None  # the server-side statement limit, if not the above
+
+    @property
+    def server_timeout(self) -> float:
+        """What the server ends a statement after (max_statement_time, max_execution_time)."""
+        return self.statement_timeout if self.server_limit is None else self.server_limit
 
     @property
     def call_limit(self) -> float:
@@ -218,9 +224,9 @@ class Session:
             "innodb_lock_wait_timeout": max(1, math.ceil(t.statement_timeout)),
         }
         if self.mariadb:  # seconds, every statement
-            wanted["max_statement_time"] = round(t.statement_timeout, 6)
+            wanted["max_statement_time"] = round(t.server_timeout, 6)
         else:  # milliseconds, SELECT only (MySQL 5.7.8+)
-            wanted["max_execution_time"] = int(t.statement_timeout * 1000)
+            wanted["max_execution_time"] = int(t.server_timeout * 1000)
         if self.lock_session:
             wanted["wait_timeout"] = t.wait_timeout
         for name, value in wanted.items():

@@ -32,7 +32,11 @@ class ReleaseWatch:
         password: Callable[[], str] | None = None,
     ) -> None:
         self.name = name
-        self.session = Session(dsn, timings, False, on_warning, password)
+        # The statement limit of this session outlasts the wait: under the backend timeout
+        # MariaDB's max_statement_time (MySQL's max_execution_time) ended it every 2 s, and
+        # each standby sent the wait again (0.5 statements a second for nothing).
+        waits = SessionTimings(timings.lease, timings.statement_timeout, WAIT_SECONDS + 5.0)
+        self.session = Session(dsn, waits, False, on_warning, password)
         self.pending = False
 
     def fileno(self) -> int | None:
