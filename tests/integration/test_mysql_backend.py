@@ -91,6 +91,64 @@ def test_a_standby_tick_costs_two_statements(my_dsn: str) -> None:
         b.close()
 
 
+def partnered(dsn: str, node: str, lease: float = 3.0) -> tuple[MySQLElection, MySQLMembers]:
+    """An election with its member store beside it, as the mysql backend builds them."""
+    e = election(dsn, node, lease)
+    store = MySQLMembers(dsn, "c", "failover_", lease, 0.5)
+    store.partner = e
+    return e, store
+
+
+def test_a_standby_tick_is_its_flags_read_on_its_lock_session(my_dsn: str) -> None:
+    """Beside its store, a standby's flags read also shows who holds the lock: its campaign
+    then sends nothing while a live leader holds it, and the store borrows the lock session
+    (a standby holds one session fewer); a leader's store has a session of its own."""
+    a, a_store = partnered(my_dsn, "a")
+    b, b_store = partnered(my_dsn, "b")
+    try:
+        assert a.campaign() == (True, None) and a.bump_epoch() == 1 and a.renew()
+        a_store.flags()
+        assert a_store.session is a_store.own and a_store.own.connected
+        assert not b.try_acquire()  # (its first: connect, presence lock, schema)
+        b_store.flags()
+        sent = sent_statements(b.lock)
+        for _ in range(3):
+            b_store.flags()
+            assert b.campaign() == (False, LeaderInfo("a", 1))
+        assert len(sent) == 3 and all("paused" in str(s) for s in sent), sent
+        assert b_store.session is b.lock and not b_store.own.connected
+        assert b.campaign() == (False, LeaderInfo("a", 1))  # no glance this tick: it asks
+        assert len(sent) == 5
+        a.release()
+        b_store.flags()  # the lock looks free: b campaigns and takes it
+        assert b.campaign() == (True, None) and b.bump_epoch() == 2
+        b_store.heartbeat(MemberState("b", "leader", 2, "running", 1, "0", "leading"))
+        assert b_store.session is b_store.own and b_store.own.connected
+        a_store.flags()
+        assert a.campaign() == (False, LeaderInfo("b", 2))
+        assert a_store.session is a.lock and not a_store.own.connected
+    finally:
+        for x in (a, b, a_store, b_store):
+            x.close()
+
+
+def test_a_glance_at_a_silent_holder_still_campaigns(my_dsn: str) -> None:
+    """A holder whose last renew is older than the lease may have vanished: the glance does
+    not spare the campaign, which KILLs it once its session is idle past the lease."""
+    a, _ = partnered(my_dsn, "a", lease=1.0)
+    b, b_store = partnered(my_dsn, "b", lease=1.0)
+    try:
+        assert a.campaign() == (True, None) and a.bump_epoch() == 1
+        assert not b.try_acquire()  # (its first: connect, presence lock, schema)
+        query(my_dsn, "UPDATE failover_cluster SET renewed_at = NOW(6) - INTERVAL 30 SECOND")
+        b_store.flags()
+        sent = sent_statements(b.lock)
+        assert b.campaign()[0] is False and len(sent) == 2  # GET_LOCK, the holder: idle < lease
+    finally:
+        for x in (a, b, b_store):
+            x.close()
+
+
 def test_long_names_are_hashed_and_distinct(my_dsn: str) -> None:
     long1, long2 = "x" * 60 + "1", "x" * 60 + "2"
     assert len(mysql_lock_name(f"failover:{long1}")) <= 64

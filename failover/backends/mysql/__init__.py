@@ -16,6 +16,7 @@ def metadata(settings: Settings, dsn: str) -> MetadataDB:
 
 def build(settings: Settings) -> Parts:
     from failover.backends.mysql.election import MySQLElection
+    from failover.backends.mysql.members import MySQLMembers
     from failover.backends.mysql.metadb import full_dsn, password_for, warn
 
     dsn = settings.lock_dsn
@@ -32,7 +33,10 @@ def build(settings: Settings) -> Parts:
         password_for(settings, dsn),
         wake=settings.mysql.wake,
     )
-    return Parts(election, open_store(settings))
+    store = open_store(settings)
+    if isinstance(store, MySQLMembers) and store.own.dsn == dsn:
+        store.partner = election  # one session fewer a standby, its flags read is its campaign
+    return Parts(election, store)
 
 
 def open_store(settings: Settings) -> MemberStore:

@@ -66,6 +66,7 @@ class MySQLElection(ElectionBackend):
         self.server_changed = False
         self.fence_lease = lease_seconds
         self.fenced_epoch = 0
+        self.glance: tuple[float, tuple[Any, ...]] | None = None  # (when, GLANCE's columns)
 
     # -- helpers ----------------------------------------------------------------------------
     def _q(self, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
@@ -93,16 +94,43 @@ class MySQLElection(ElectionBackend):
     def _we_hold(self) -> bool:
         return bool(self._q("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self.lock_name,))[0][0])
 
+    # -- beside the member store (members.Partner) --------------------------------------------
+    def lend(self) -> Session | None:
+        """The lock session, for the member store while we do not lead: a standby holds one
+        session fewer. None while leading: the store's statements then never put the lock's
+        session at risk (a statement cut by the watchdog closes its session)."""
+        return None if self._holding else self.lock
+
+    def glanced(self, row: tuple[Any, ...] | None) -> None:
+        self.glance = None if row is None else (self.clock(), row)
+
+    def _seen_holder(self) -> LeaderInfo | None:
+        """The leader this tick's flags read saw holding the lock on another session and
+        renewing within the lease: nothing to ask the server (GET_LOCK would fail). None:
+        no such glance (the lock looked free, ours, or maybe vanished): campaign."""
+        glance, self.glance = self.glance, None
+        if glance is None or self.clock() - glance[0] > self.timeout or not self.lock.connected:
+            return None
+        holder, node, epoch, silent, recorded = glance[1]
+        if holder is None or silent is None or int(holder) == self.lock.conn.thread_id():
+            return None
+        if float(silent) > max(self.lease, float(recorded or 0.0)):
+            return None  # _fence_vanished_holder may have to look at it
+        return LeaderInfo(str(node) if node else None, int(epoch))
+
     # -- election ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         return self.campaign()[0]
 
     def campaign(self) -> tuple[bool, LeaderInfo | None]:
-        """Take the lock or learn who holds it, and the epoch: two statements a standby tick
-        (where it took four)."""
+        """Take the lock or learn who holds it, and the epoch: no statement when this tick's
+        flags read saw a live leader hold it, else two."""
         if self._holding:
             return self.renew(), None
         self.held_generation = None
+        seen = self._seen_holder()
+        if seen is not None:
+            return False, seen
         # Never GET_LOCK twice on one session: it is re-entrant, and one RELEASE_LOCK would
         # then not free it. IF() evaluates one branch only: 2 = ours already, 1 = granted.
         got = self._q(

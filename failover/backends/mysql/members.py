@@ -7,13 +7,28 @@ host clocks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from failover.backends.mysql.schema import ensure_schema, tables
 from failover.backends.mysql.session import Session, SessionTimings
 from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
 
 AGE = "TIMESTAMPDIFF(MICROSECOND, {col}, NOW(6)) / 1e6"
+# What the flags read also sees of the leader lock when the store sits beside the election
+# (`Partner`): its holder, the leader and epoch recorded, the age of the last renew, the lease.
+GLANCE = f", IS_USED_LOCK(%s), leader, epoch, {AGE.format(col='renewed_at')}, lease_seconds"
+
+
+class Partner(Protocol):
+    """The election this store sits beside (the MySQL backend, one DSN for both)."""
+
+    lock_name: str
+
+    def lend(self) -> Session | None:
+        """A session for the store's statements (the election's), or None: use its own."""
+
+    def glanced(self, row: tuple[Any, ...] | None) -> None:
+        """What this tick's flags read saw of the leader lock (GLANCE's columns)."""
 
 
 class MySQLMembers(MemberStore):
@@ -32,16 +47,25 @@ class MySQLMembers(MemberStore):
         self.cluster = cluster
         self.prefix = prefix
         self.t = tables(prefix)
-        self.session = Session(
-            dsn, SessionTimings(lease_seconds, timeout), False, on_warning, password
-        )
+        self.own = Session(dsn, SessionTimings(lease_seconds, timeout), False, on_warning, password)
         self.schema_ready = False
+        self.partner: Partner | None = None
+
+    @property
+    def session(self) -> Session:
+        """The partner's session while it lends one (our own is then closed), else our own."""
+        lent = self.partner.lend() if self.partner is not None else None
+        if lent is None:
+            return self.own
+        self.own.close()
+        return lent
 
     def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        session = self.session
         if not self.schema_ready:
-            ensure_schema(self.session, self.prefix)
+            ensure_schema(session, self.prefix)
             self.schema_ready = True
-        return self.session.query(statement, params)
+        return session.query(statement, params)
 
     def heartbeat(self, state: MemberState) -> None:
         self.query(
@@ -85,15 +109,23 @@ class MySQLMembers(MemberStore):
         )
 
     def flags(self) -> ClusterFlags:
+        """The operator flags; beside an election, with a glance at its lock that spares a
+        standby its campaign statements while a live leader holds it."""
+        partner = self.partner
+        if partner is not None:
+            partner.glanced(None)  # a glance is this tick's or none
         rows = self.query(
             "SELECT paused, switchover_to, switchover_from, "
-            f"{AGE.format(col='switchover_at')}, switchover_result "
+            f"{AGE.format(col='switchover_at')}, switchover_result"
+            f"{GLANCE if partner is not None else ''} "
             f"FROM {self.t['cluster']} WHERE cluster = %s",
-            (self.cluster,),
+            (partner.lock_name, self.cluster) if partner is not None else (self.cluster,),
         )
         if not rows:
             return ClusterFlags()
-        return ClusterFlags.from_row(rows[0])
+        if partner is not None:
+            partner.glanced(rows[0][5:])
+        return ClusterFlags.from_row(rows[0][:5])
 
     def _update(self, assignments: str, params: tuple[Any, ...]) -> None:
         self.query(f"INSERT IGNORE INTO {self.t['cluster']} (cluster) VALUES (%s)", (self.cluster,))
@@ -120,4 +152,4 @@ class MySQLMembers(MemberStore):
         )
 
     def close(self) -> None:
-        self.session.close()
+        self.own.close()

@@ -72,4 +72,4 @@ class MySQLMetadata(MetadataDB):
         )
 
     def sweep(self) -> Callable[[int], int]:
-        return OlderEpochSweep(self.members().session.query, self.settings.cluster)
+        return OlderEpochSweep(self.members().query, self.settings.cluster)
