@@ -102,7 +102,8 @@ def partnered(dsn: str, node: str, lease: float = 3.0) -> tuple[MySQLElection, M
 def test_a_standby_tick_is_its_flags_read_on_its_lock_session(my_dsn: str) -> None:
     """Beside its store, a standby's flags read also shows who holds the lock: its campaign
     then sends nothing while a live leader holds it, and the store borrows the lock session
-    (a standby holds one session fewer); a leader's store has a session of its own."""
+    (a standby holds one session fewer); a leader's store has a session of its own, opened
+    at its next tick (not on the takeover's path)."""
     a, a_store = partnered(my_dsn, "a")
     b, b_store = partnered(my_dsn, "b")
     try:
@@ -123,6 +124,9 @@ def test_a_standby_tick_is_its_flags_read_on_its_lock_session(my_dsn: str) -> No
         b_store.flags()  # the lock looks free: b campaigns and takes it
         assert b.campaign() == (True, None) and b.bump_epoch() == 2
         b_store.heartbeat(MemberState("b", "leader", 2, "running", 1, "0", "leading"))
+        assert not b_store.own.connected  # no connect on the takeover's path
+        assert b_store.session is b.lock
+        b_store.flags()  # its next tick opens its own session
         assert b_store.session is b_store.own and b_store.own.connected
         a_store.flags()
         assert a.campaign() == (False, LeaderInfo("b", 2))
@@ -328,6 +332,27 @@ def test_member_presence_lock(my_dsn: str) -> None:
         assert not b.member_present("a")
     finally:
         b.close()
+
+
+def test_a_failed_on_connect_closes_the_session_to_run_again(my_dsn: str) -> None:
+    """A presence lock that could not be taken on a new session (a statement timeout leaves
+    it connected) is not skipped for that session's life: it is closed and tried again."""
+    calls: list[int] = []
+
+    def on_connect(session: Session) -> None:
+        calls.append(session.generation)
+        if len(calls) == 1:
+            raise BackendUnavailable("MySQL statement timed out: (1969) simulated")
+
+    s = Session(my_dsn, SessionTimings(3.0, 0.5), True)
+    s.on_connect = on_connect
+    try:
+        with pytest.raises(BackendUnavailable):
+            s.query("SELECT 1")
+        assert not s.connected
+        assert s.query("SELECT 1") == [(1,)] and calls == [1, 2]
+    finally:
+        s.close()
 
 
 def test_schema_concurrent_and_migrates(my_dsn: str) -> None:

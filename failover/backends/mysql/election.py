@@ -95,11 +95,10 @@ class MySQLElection(ElectionBackend):
         return bool(self._q("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self.lock_name,))[0][0])
 
     # -- beside the member store (members.Partner) --------------------------------------------
-    def lend(self) -> Session | None:
-        """The lock session, for the member store while we do not lead: a standby holds one
-        session fewer. None while leading: the store's statements then never put the lock's
-        session at risk (a statement cut by the watchdog closes its session)."""
-        return None if self._holding else self.lock
+    def leads(self) -> bool:
+        """Whether we hold leadership on the lock session now (the store then keeps its own
+        session once it is open: a statement cut by the watchdog closes its session)."""
+        return self._holding
 
     def glanced(self, row: tuple[Any, ...] | None) -> None:
         self.glance = None if row is None else (self.clock(), row)

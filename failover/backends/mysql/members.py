@@ -6,11 +6,13 @@ host clocks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from failover.backends.mysql.schema import ensure_schema, tables
 from failover.backends.mysql.session import Session, SessionTimings
+from failover.errors import BackendUnavailable
 from failover.interfaces import ClusterFlags, MemberRecord, MemberState, MemberStore
 
 AGE = "TIMESTAMPDIFF(MICROSECOND, {col}, NOW(6)) / 1e6"
@@ -23,9 +25,10 @@ class Partner(Protocol):
     """The election this store sits beside (the MySQL backend, one DSN for both)."""
 
     lock_name: str
+    lock: Session
 
-    def lend(self) -> Session | None:
-        """A session for the store's statements (the election's), or None: use its own."""
+    def leads(self) -> bool:
+        """Whether it holds leadership on its lock session now."""
 
     def glanced(self, row: tuple[Any, ...] | None) -> None:
         """What this tick's flags read saw of the leader lock (GLANCE's columns)."""
@@ -53,12 +56,16 @@ class MySQLMembers(MemberStore):
 
     @property
     def session(self) -> Session:
-        """The partner's session while it lends one (our own is then closed), else our own."""
-        lent = self.partner.lend() if self.partner is not None else None
-        if lent is None:
+        """Beside an election: its lock session while it does not lead (a standby holds one
+        session fewer; ours is closed), and while it leads until ours is open again (see
+        `flags`); else our own, so a leader's store statement cut by the watchdog does not
+        end the lock's session."""
+        partner = self.partner
+        if partner is None or (partner.leads() and self.own.connected):
             return self.own
-        self.own.close()
-        return lent
+        if not partner.leads():
+            self.own.close()
+        return partner.lock
 
     def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         session = self.session
@@ -114,6 +121,11 @@ class MySQLMembers(MemberStore):
         partner = self.partner
         if partner is not None:
             partner.glanced(None)  # a glance is this tick's or none
+            if partner.leads() and not self.own.connected:
+                # A new leader's own session is opened at the start of its next tick, not on
+                # its takeover's path (its first statements go on the lock session).
+                with contextlib.suppress(BackendUnavailable):
+                    self.own.connection()
         rows = self.query(
             "SELECT paused, switchover_to, switchover_from, "
             f"{AGE.format(col='switchover_at')}, switchover_result"

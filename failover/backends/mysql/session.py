@@ -31,6 +31,19 @@ TIMED_OUT = {1205, 1969, 3024}  # lock wait, MariaDB max_statement_time, MySQL m
 DENIED = {1044, 1045, 1095, 1142, 1143, 1227, 1370}  # privileges (1095: not owner of thread)
 
 
+# What a session setting the server ignored costs.
+IGNORED = {
+    "time_zone": "DB-side ages may be off by the server's UTC offset",
+    "innodb_lock_wait_timeout": "a row lock may hold a statement until the call watchdog "
+    "(half a lease) cuts its connection",
+    "max_statement_time": "a slow statement runs until the call watchdog (half a lease) cuts "
+    "its connection",
+    "max_execution_time": "a slow SELECT runs until the call watchdog (half a lease) cuts its "
+    "connection",
+    "wait_timeout": "a vanished leader's lock may linger longer than the lease",
+}
+
+
 @dataclass(frozen=True)
 class SessionTimings:
     """Per-session limits; all derived from the lease unless given."""
@@ -180,7 +193,11 @@ class Session:
         self.failures = 0
         self.generation += 1
         if self.on_connect is not None:
-            self.on_connect(self)
+            try:
+                self.on_connect(self)
+            except BaseException:
+                self.close()  # it runs again on the next connection: none goes without it
+                raise
         return self.conn
 
     def _connect(self) -> Any:
@@ -235,10 +252,7 @@ class Session:
             got = str(cur.fetchone()[0])
             if _differs(got, str(value)) and name not in self.warned:
                 self.warned.add(name)
-                self.on_warning(
-                    f"MySQL ignored {name}={value} (is {got}); a vanished leader's lock may "
-                    "linger longer than the lease"
-                )
+                self.on_warning(f"MySQL ignored {name}={value} (is {got}); {IGNORED[name]}")
         cur.execute("SHOW GLOBAL STATUS LIKE 'Uptime'")
         uptime = int(cur.fetchone()[1])
         cur.execute("SELECT NOW(6) - INTERVAL %s SECOND", (uptime,))
