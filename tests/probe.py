@@ -1,6 +1,6 @@
 """A probe child for tests: records start/stop, forks grandchildren that try to escape.
 
-python tests/probe.py --tag TAG --record FILE [--fork N] [--escape pgid|session]
+python tests/probe.py --tag TAG --record FILE [--fork N] [--escape pgid|session] [--storm N]
     [--ignore-term | --drop-first-term] [--exit-after S] [--exit-code C] [--fail-on-node NODE]
 Every process carries TAG in its command line, so a sampler can find the whole tree.
 """
@@ -38,12 +38,39 @@ def grandchild(args: argparse.Namespace) -> None:
         time.sleep(0.2)
 
 
+def orphan() -> None:
+    """Fork a process that forks a sleeper in a session of its own and exits at once: the
+    sleeper is reparented to the nearest subreaper (the keeper)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                for _ in range(10):  # and each forks sleepers of its own, one every 5 ms
+                    if os.fork() == 0:
+                        time.sleep(600)
+                        os._exit(0)
+                    time.sleep(0.005)
+                time.sleep(600)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--tag", required=True)
     p.add_argument("--record", required=True)
     p.add_argument("--fork", type=int, default=0)
     p.add_argument("--escape", choices=("none", "pgid", "session"), default="none")
+    p.add_argument(
+        "--storm",
+        type=int,
+        default=0,
+        help="fork N orphans, one every 5 ms, each in a session of its own (its parent exits) "
+        "forking 10 sleepers, one every 5 ms",
+    )
     p.add_argument("--ignore-term", action="store_true")
     p.add_argument("--drop-first-term", action="store_true", help="exit on the second SIGTERM")
     p.add_argument("--exit-after", type=float, default=0.0)
@@ -78,7 +105,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     record(args.record, "start")  # after the handler: "start" means ready for signals
     started = time.monotonic()
+    stormed = 0
     while True:
+        if stormed < args.storm:
+            stormed += 1
+            orphan()
+            time.sleep(0.005)
+            continue
         time.sleep(0.05)
         if conn is not None and conn.closed:
             return 3

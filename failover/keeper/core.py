@@ -121,9 +121,10 @@ class Keeper:
             self.warm.stopping = True
         if self.child is not None and self.exit_code is None:
             proctree.signal_all([self.child.pid], signal.SIGKILL)
-        # Reaping stays here, so the main child's exit status is not lost.
-        proctree.kill_tree(os.getpid(), [os.getpid()], reap_children=False)
-        self._reap()
+        # Reaping stays here (`_reap`), so the main child's exit status is not lost. As the
+        # subreaper and its session's leader, this keeper is done when it has no child left:
+        # no scan of every process on the host on a crashed daemon's takeover path.
+        proctree.kill_descendants(self._reap)
 
     def begin_stop(self, reason: str) -> None:
         if self.stop_started is not None:
@@ -226,8 +227,10 @@ class Keeper:
         return zksession.after_daemon_died(ticket, self.daemon_pid)
 
     def _done(self) -> bool:
+        """The main child reaped and no child left: every descendant (and session member) of
+        a subreaper leaves it a child until it is reaped (`proctree.kill_descendants`)."""
         main_done = self.child is None or self.exit_code is not None
-        return main_done and not proctree.tree_members(os.getpid(), [os.getpid()])
+        return main_done and not proctree.has_children()
 
     def run(self, wake_fd: int) -> None:
         """Loop until the child and every process of its tree are gone."""

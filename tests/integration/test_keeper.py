@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
 import time
 import uuid
@@ -63,6 +64,23 @@ def test_control_stream_eof_kills_whole_tree(tmp_path: Path, escape: str) -> Non
     link.sock.close()  # what the kernel does when the daemon is SIGKILLed
     wait_until(lambda: not tagged_processes(tag), 5, "the tree to die after EOF")
     assert link.proc.wait(timeout=5) == 0
+
+
+def test_eof_mid_fork_storm_leaves_nothing_when_the_keeper_exits(tmp_path: Path) -> None:
+    """The probe forks orphans (each in its own session, reparented to the keeper, forking
+    sleepers of its own) every 5 ms while the keeper kills: when the keeper exits, none of
+    them may be alive."""
+    link, tag, records = launch(tmp_path, "--storm", "100")
+    try:
+        lines_until(link, "STARTED")
+        wait_until(lambda: len(tagged_processes(tag)) >= 30, 20, "the storm under way")
+        link.sock.close()  # what the kernel does when the daemon is SIGKILLed
+        assert link.proc.wait(timeout=15) == 0
+        left = tagged_processes(tag)
+        assert not left, f"the keeper exited with {len(left)} processes of its tree alive"
+    finally:
+        for pid in tagged_processes(tag):  # (only if it failed)
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_missed_deadline_kills_tree_without_the_daemon(tmp_path: Path) -> None:
