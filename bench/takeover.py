@@ -17,8 +17,9 @@ Scenarios (three daemons, probe child, default loop_seconds=1, lease_seconds=5):
             child's exec; then heal and wait until the old leader follows (postgres and
             zookeeper and mysql; local has no network: n/a)
 mysql runs on a private MariaDB (Debian's mariadb-server), like the tests.
-"The new child's exec" is the creation time of the new child process (/proc starttime,
-10 ms resolution); the child's own start-up (Python, Airflow imports) comes on top.
+"The new child's exec" is when the new child process exec'd, from the kernel's process events
+(bench/execwatch.py: netlink proc connector, root; else /proc starttime, 10 ms steps); the
+child's own start-up (Python, Airflow imports) comes on top.
 A sampler (tests/harness.py, every 50 ms) watches the probe trees of the kill9 runs: any
 sample with two trees alive is printed and fails the run.
 """
@@ -26,6 +27,7 @@ sample with two trees alive is printed and fails the run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import platform
@@ -41,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.execwatch import ExecWatch
 from tests.harness import Cluster, Sampler, keepers, read_records, wait_until
 from tests.netns import Forwarder, Host, namespace_host
 
@@ -69,10 +72,29 @@ def boottime() -> float:
 
 
 def exec_time(pid: int) -> float:
-    """When the process was created, on CLOCK_BOOTTIME (10 ms resolution: jiffies)."""
+    """When the process exec'd, on CLOCK_BOOTTIME: to the microsecond from the kernel's process
+    events (execwatch, root), else its start from /proc (10 ms resolution: jiffies)."""
+    if EXEC_WATCH is not None:
+        t = EXEC_WATCH.exec_at(pid, timeout=2.0)
+        if t is not None:
+            return t
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _exec_watch() -> ExecWatch | None:
+    """One watch for the whole bench run (None without the rights: /proc's jiffies then)."""
+    try:
+        watch = ExecWatch().__enter__()
+    except OSError as err:
+        print(f"exec times from /proc (10 ms steps): no process events ({err})", file=sys.stderr)
+        return None
+    atexit.register(watch.__exit__)
+    return watch
+
+
+EXEC_WATCH = _exec_watch()
 
 
 def first_start_after(cluster: Cluster, t: float, exclude: str = "") -> dict[str, str] | None:

@@ -207,7 +207,9 @@ class Keeper:
         main_done = self.exit_code is not None
         if self.rest_termed is None and (main_done or elapsed >= self.stop_timeout / 2):
             self.rest_termed = now
-            proctree.signal_all(proctree.tree_members(os.getpid(), [os.getpid()]), signal.SIGTERM)
+            if proctree.has_children():  # (none after a hard kill: no scan of the host then)
+                rest = proctree.tree_members(os.getpid(), [os.getpid()])
+                proctree.signal_all(rest, signal.SIGTERM)
         elif self.group is not None and now - (self.rest_termed or now) >= RETERM_SECONDS:
             # A component may drop a SIGTERM (Airflow 3.3's dag-processor: its handler's
             # sys.exit, raised inside a garbage-collector callback, is ignored): repeat it.
