@@ -39,19 +39,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from failover.airflow.prewarm import parse_with_command
 from failover.keeper import proctree, sidecar, zksession
 from failover.keeper.alive import WAKE_SECONDS, Alive, check_main
+from failover.keeper.args import init_args, parse, proof_of_life
 from failover.keeper.group import Group
-from failover.keeper.proof import (
-    LockFileProof,
-    MySQLLockProof,
-    PgSessionProof,
-    Proof,
-    boottime,
-)
+from failover.keeper.proof import Proof, boottime
 from failover.keeper.warm import Warm, airflow_python
 
 EXIT_LOCK_BUSY = 3
@@ -260,52 +253,6 @@ class Keeper:
                 self.hard_kill("proof-of-life session lost")
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m failover.keeper",
-        description="Run CMD in this session; kill its whole tree when the daemon stops vouching.",
-    )
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--control-fd", type=int, help="connected stream socket fd")
-    where.add_argument(
-        "--connect", metavar="PATH", help="sidecar mode: connect to the daemon's Unix socket"
-    )
-    p.add_argument("--name", default="failover:keeper", help="failover:<cluster>:<node>")
-    p.add_argument("--stop-timeout", type=float, default=30.0, help="SIGTERM -> SIGKILL grace")
-    p.add_argument("--lock-file", help="hold this flock as proof of life (local backend)")
-    p.add_argument("--lock-wait", type=float, default=5.0, help="how long to wait for the lock")
-    p.add_argument("--pg-dsn-env", help="env var with the DSN of the proof-of-life session")
-    p.add_argument("--pg-channel", help="NOTIFY this channel when the tree is gone")
-    p.add_argument("--pg-epoch-table", help="<table>:<cluster>: refuse GO for a superseded epoch")
-    p.add_argument("--mysql-dsn-env", help="env var with the DSN of the MySQL proof session")
-    p.add_argument(
-        "--prewarm", action="store_true", help="keep `airflow scheduler` imported while warm"
-    )
-    p.add_argument(
-        "--prewarm-max-age", type=float, default=0.0, help="re-warm after this many seconds"
-    )
-    p.add_argument("--component", action="append", default=[], help="NAME=<json argv>")
-    p.add_argument(
-        "--defer-components", action="store_true", help="start them on RESTART <name> only"
-    )
-    p.add_argument("--alive-file", help="write CLOCK_BOOTTIME here every second (--check reads)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    return parse_with_command(p, argv)
-
-
-def _proof(args: argparse.Namespace) -> Proof | None:
-    if args.pg_dsn_env:
-        # The DSN (with its password) reaches us by env, never argv, and not the child.
-        dsn = os.environ.pop(args.pg_dsn_env, "")
-        return PgSessionProof(dsn, args.name, args.pg_channel, args.pg_epoch_table)
-    if args.mysql_dsn_env:
-        dsn = os.environ.pop(args.mysql_dsn_env, "")
-        return MySQLLockProof(dsn, args.name, args.pg_epoch_table)
-    if args.lock_file:
-        return LockFileProof(args.lock_file, args.lock_wait)
-    return None
-
-
 def _epoch_env(name: str, epoch: int) -> dict[str, str]:
     return {"FAILOVER_EPOCH": str(epoch), "PGAPPNAME": f"{name}:{epoch}"}
 
@@ -322,13 +269,6 @@ def _prewarm(args: argparse.Namespace, keeper: Keeper) -> Warm | None:
         keeper.send(f"COLD {why}")
         return None
     return Warm(keeper.send, keeper.command, python, args.prewarm_max_age)
-
-
-def _init_args(init: dict[str, Any], argv: Sequence[str]) -> argparse.Namespace:
-    """Sidecar mode: our options from the daemon's `INIT` (its env goes to our environ)."""
-    os.environ.update({str(k): str(v) for k, v in init.get("env", {}).items()})
-    command = list(argv[argv.index("--") :]) if "--" in argv else []
-    return _parse(["--control-fd", "-1", *[str(a) for a in init.get("args", [])], *command])
 
 
 def wait_for_go(keeper: Keeper, wake_fd: int) -> str | None:
@@ -373,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--check"]:
         return check_main(argv[1:])
-    args = _parse(argv)
+    args = parse(argv)
     alive = Alive(args.alive_file) if args.alive_file else None
     proctree.prctl(proctree.PR_SET_CHILD_SUBREAPER, 1)
     if os.getsid(0) != os.getpid():
@@ -387,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         init = sidecar.read_init(control, alive)
         if init is None:
             return 0  # the daemon went away before telling us anything: start over
-        args, early = _init_args(init[0], argv), init[1]
+        args, early = init_args(init[0], argv), init[1]
         daemon_pid = proctree.peer_pid(control)
     else:
         control = socket.socket(fileno=args.control_fd)
@@ -397,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    proof = _proof(args)
+    proof = proof_of_life(args)
     keeper = Keeper(control, args.command, args.stop_timeout, proof)
     keeper.alive = alive
     keeper.daemon_pid = daemon_pid
