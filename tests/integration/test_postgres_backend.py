@@ -9,8 +9,9 @@ from typing import Any
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
-from failover.backends.postgres.election import PostgresElection
+from failover.backends.postgres.election import POLL_SQL, PostgresElection
 from failover.backends.postgres.schema import ensure_schema
 from failover.backends.postgres.session import Session, SessionTimings
 from failover.errors import BackendUnavailable
@@ -67,6 +68,42 @@ def test_a_standby_tick_costs_one_statement(pg_dsn: str, elections: list[Postgre
     a.release()
     assert b.campaign() == (True, None) and b.bump_epoch() == 2
     assert a.campaign() == (False, LeaderInfo("b", 2))
+
+
+def poll_plan(dsn: str, b: PostgresElection) -> str:
+    """EXPLAIN ANALYZE of b's campaign poll, run on a session of its own."""
+    conn = open_session(dsn, "explain")
+    try:
+        with conn.cursor() as cur:
+            poll = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + POLL_SQL).format(
+                m=sql.Identifier("failover_member"), t=sql.Identifier("failover_cluster")
+            )
+            cur.execute(poll, (b.key, b.cluster, b.cluster, b.classid, b.objid, b.lease))
+            return "\n".join(r[0] for r in cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_standby_poll_reads_pg_locks_only_when_the_leader_is_silent(
+    pg_dsn: str, elections: list[PostgresElection]
+) -> None:
+    """While the leader renews within the lease, the poll's holder scan (pg_locks and
+    pg_stat_activity: their cost grows with the server's sessions) is never executed; once its
+    last renew is older than the lease, it is (a vanished host's session must be seen)."""
+    a, b = make(elections, pg_dsn, "a"), make(elections, pg_dsn, "b")
+    assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
+    scans = [line for line in poll_plan(pg_dsn, b).splitlines() if "pg_lock_status" in line]
+    assert scans and all("never executed" in line for line in scans), scans
+    assert b.campaign() == (False, LeaderInfo("a", 1))
+    admin = open_session(pg_dsn, "admin")
+    with admin.cursor() as cur:
+        cur.execute(
+            "UPDATE failover_cluster SET renewed_at = now() - interval '1 hour' WHERE cluster = 'c'"
+        )
+    admin.close()
+    scans = [line for line in poll_plan(pg_dsn, b).splitlines() if "pg_lock_status" in line]
+    assert scans and not any("never executed" in line for line in scans), scans
+    assert b.campaign() == (False, LeaderInfo("a", 1))  # its session is not idle long: kept
 
 
 def test_no_epoch_is_taken_on_a_session_that_lost_the_lock(

@@ -30,22 +30,37 @@ WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid
 """
 
 
-# A standby's whole tick in one statement: try the lock and, for when it is taken, who holds
-# it (how long its session and its member heartbeat are quiet), the recorded lease and epoch.
-# Whether the lock call runs before or after the pg_locks scan does not matter: the holder
-# columns are read only when the lock was not granted, so somebody else held it throughout.
+# A standby's whole tick in one statement: try the lock and, for when it is taken, the leader,
+# epoch and lease recorded and how long ago the leader last proved its lease (`renewed_at`,
+# written by every renew). Only when that proof is older than the lease (or missing, or in
+# the future: a server whose clock went back) is the holder read from pg_locks and
+# pg_stat_activity (how long its session and its member heartbeat are quiet: a vanished
+# host's session is terminated). Those views cost in proportion to the server's sessions and
+# standbys poll every loop: the condition depends on the outer row alone and OFFSET 0 keeps
+# the subquery whole, so PostgreSQL gates the scan off otherwise (a one-time filter: "never
+# executed" in EXPLAIN ANALYZE). Whether the lock call runs before or after the scan does not
+# matter: the holder columns are used only when the lock was not granted, so somebody else
+# held it throughout.
 POLL_SQL = (
     """
-WITH attempt AS (SELECT pg_try_advisory_lock(%s) AS won)
-SELECT (SELECT won FROM attempt), h.pid, h.application_name, h.state, h.idle_for,
+WITH attempt AS (SELECT pg_try_advisory_lock(%s) AS won),
+c AS (SELECT leader, epoch, lease_seconds,
+             EXTRACT(EPOCH FROM now() - renewed_at)::float8 AS silent
+      FROM {t} WHERE cluster = %s)
+SELECT a.won, h.pid, h.application_name, h.state, h.idle_for,
        (SELECT EXTRACT(EPOCH FROM now() - m.heartbeat_at)::float8 FROM {m} m
         WHERE m.cluster = %s AND m.node = substring(h.application_name from '[^:]*$')),
-       c.lease_seconds, c.epoch
-FROM (SELECT 1) AS one
-LEFT JOIN ("""
+       c.lease_seconds, c.epoch, c.leader, c.silent
+FROM attempt a
+LEFT JOIN c ON true
+LEFT JOIN LATERAL (SELECT * FROM ("""
     + HOLDER_SQL
-    + """) AS h ON true
-LEFT JOIN {t} c ON c.cluster = %s
+    + """) AS hs
+    WHERE NOT a.won
+      AND (c.silent IS NULL OR c.silent < 0
+           OR c.silent > GREATEST(%s::float8, COALESCE(c.lease_seconds, 0)))
+    OFFSET 0
+) AS h ON true
 """
 )
 
@@ -122,19 +137,25 @@ class PostgresElection(ElectionBackend):
         return self.campaign()[0]
 
     def campaign(self) -> tuple[bool, LeaderInfo | None]:
-        """Try the lock; when it is taken, learn who holds it and the epoch in the same
-        statement (one statement a standby tick, where it took five)."""
+        """Try the lock; when it is taken, learn the leader and the epoch in the same
+        statement (one statement a standby tick, where it took five), and look at the holder's
+        session only when the leader has not proven its lease for a lease (POLL_SQL)."""
         if self._holding:
             return self.renew(), None
         self.held_generation = None
         rows = self._q(
             sql.SQL(POLL_SQL).format(m=sql.Identifier(f"{self.prefix}member"), t=self._table()),
-            (self.key, self.cluster, self.classid, self.objid, self.cluster),
+            (self.key, self.cluster, self.cluster, self.classid, self.objid, self.lease),
         )
-        if not rows[0][0]:
+        won, recorded, epoch, leader, silent = rows[0][0], *rows[0][6:]
+        if not won:
+            lease = max(self.lease, float(recorded or 0.0))
+            if silent is not None and 0.0 <= float(silent) <= lease:
+                # The holder proved its lease within it: it is alive (the scan was skipped).
+                return False, LeaderInfo(str(leader) if leader else None, int(epoch or 0))
             holders = [r[1:6] for r in rows if r[1] is not None]
-            info = self._leader_info([h[:3] for h in holders], int(rows[0][7] or 0))
-            if not self._fence_vanished_holder(holders, max(self.lease, float(rows[0][6] or 0))):
+            info = self._leader_info([h[:3] for h in holders], int(epoch or 0))
+            if not self._fence_vanished_holder(holders, lease):
                 return False, info
             if not self._q("SELECT pg_try_advisory_lock(%s)", (self.key,))[0][0]:
                 return False, self.leader()
@@ -144,7 +165,8 @@ class PostgresElection(ElectionBackend):
     def _fence_vanished_holder(self, holders: list[tuple[Any, ...]], lease: float) -> bool:
         """Terminate an idle holder whose lock session or member heartbeat is older than the
         lease (the longer of ours and the recorded one: a rolling restart may have given it a
-        longer one): its host vanished or its daemon froze, and the session lingers."""
+        longer one): its host vanished or its daemon froze, and the session lingers. Asked
+        only when its last renew is older than that lease too (POLL_SQL)."""
         for pid, _name, state, idle_for, heartbeat_age in holders:
             if state != "idle":
                 continue
