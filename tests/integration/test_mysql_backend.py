@@ -272,7 +272,10 @@ def test_restarted_server_waits_a_lease(tmp_path: Any, my_factory: Any) -> None:
     try:
         assert a.try_acquire() and a.bump_epoch() == 1 and a.renew()
         server.kill()
-        time.sleep(2.5)  # the restarted server's start is later than the recorded one
+        # The restarted server's start is later than the recorded one by more than
+        # SERVER_CLOCK_SLACK (2 s), though each start is read from a whole-second Uptime (up
+        # to 1 s late each): the gap must exceed 3 s.
+        time.sleep(3.5)
         server.start()
         time.sleep(1.0)
         b = election(dsn, "b", lease=0.5)
